@@ -1,0 +1,55 @@
+"""Every error the platform raises on purpose. The CLI turns these into a message and an exit code."""
+
+from __future__ import annotations
+
+
+class LifecycleError(Exception):
+    """Base class: a failure the user can act on. Printed without a traceback."""
+
+    exit_code = 1
+
+
+class UserInputError(LifecycleError):
+    """Bad input (a recipe, a path, an override): nothing was started. Exit code 2."""
+
+    exit_code = 2
+
+
+class RecipeError(UserInputError):
+    """A recipe or config file failed validation; carries every problem found, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ManifestError(LifecycleError):
+    """A model directory does not match its manifest (changed, missing or extra files)."""
+
+
+class StageError(LifecycleError):
+    """A stage could not run or its result failed a check (training crashed, a merge disagrees...)."""
+
+
+class MissingResultError(StageError):
+    """A stage was asked to continue from a run directory that lacks the earlier stage's result."""
+
+
+class EngineError(LifecycleError):
+    """A model server could not be started, answered badly, or died."""
+
+
+class LaunchError(LifecycleError):
+    """The launcher (local or SkyPilot) could not start or finish a job."""
+
+
+class NoCloudError(LaunchError):
+    """SkyPilot has no cloud enabled."""
+
+
+class GateError(LifecycleError):
+    """The gate could not be evaluated (bad task, missing data, a metric a task does not produce)."""
+
+
+class RegistryError(LifecycleError):
+    """The model registry refused an operation."""
