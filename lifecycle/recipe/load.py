@@ -42,9 +42,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check_files:
     path = Path(path)
     text = _read(path)
     data = _parse(path, text)
-    problems = apply_overrides(data, overrides, path)
+    origins: dict[tuple[str, ...], str] = {}
+    problems = apply_overrides(data, overrides, origins)
     _resolve_paths(data, path.parent)
-    recipe, more = validate_model(Recipe, data, path, context={"skip_file_checks": not check_files})
+    recipe, more = validate_model(
+        Recipe, data, path, context={"skip_file_checks": not check_files}, origins=origins
+    )
     problems += more
     if recipe is not None:
         problems += _hardware_checks(recipe, data, path)
@@ -96,8 +99,11 @@ def _parse(path: Path, text: str) -> CommentedMap:
     return data
 
 
-def apply_overrides(data: CommentedMap, overrides: Iterable[str], path: Path) -> list[str]:
-    """Apply `a.b.c=value` overrides in place (value parsed as YAML). Returns problems."""
+def apply_overrides(
+    data: CommentedMap, overrides: Iterable[str], origins: dict[tuple[str, ...], str]
+) -> list[str]:
+    """Apply `a.b.c=value` overrides in place (value parsed as YAML), recording in `origins` which override
+    set which key path so errors can name it. Returns problems."""
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -125,22 +131,8 @@ def apply_overrides(data: CommentedMap, overrides: Iterable[str], path: Path) ->
                 node[int(parts[-1])] = value
             else:
                 node[parts[-1]] = value
-            if isinstance(node, CommentedMap):
-                _mark_override(node, parts[-1], item)
+            origins[tuple(parts)] = item
     return problems
-
-
-def _mark_override(node: CommentedMap, key: str, item: str) -> None:
-    node.setdefault("__overrides__", {})  # removed before validation; keeps the origin of each value
-    node["__overrides__"][key] = item
-
-
-def _strip_marks(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _strip_marks(v) for k, v in data.items() if k != "__overrides__"}
-    if isinstance(data, list):
-        return [_strip_marks(v) for v in data]
-    return data
 
 
 def _resolve_paths(data: CommentedMap, base: Path) -> None:
@@ -161,19 +153,27 @@ def _resolve_paths(data: CommentedMap, base: Path) -> None:
 
 
 def validate_model(
-    model: type[M], data: CommentedMap, path: Path, context: dict[str, Any] | None = None
+    model: type[M],
+    data: CommentedMap,
+    path: Path,
+    context: dict[str, Any] | None = None,
+    origins: dict[tuple[str, ...], str] | None = None,
 ) -> tuple[M | None, list[str]]:
     try:
-        return model.model_validate(_strip_marks(data), context=context), []
+        return model.model_validate(data, context=context), []
     except ValidationError as exc:
-        return None, [_format_error(err, model, data, path) for err in exc.errors(include_url=False)]
+        return None, [
+            _format_error(err, model, data, path, origins or {}) for err in exc.errors(include_url=False)
+        ]
 
 
-def _format_error(err: Any, model: type[BaseModel], data: CommentedMap, path: Path) -> str:
+def _format_error(
+    err: Any, model: type[BaseModel], data: CommentedMap, path: Path, origins: dict[tuple[str, ...], str]
+) -> str:
     loc: tuple[Any, ...] = tuple(err["loc"])
     # pydantic puts the union tag into the location ('method', 'lora', 'r'); readers know only their keys
     loc = tuple(part for part in loc if not _is_union_tag(part, data, loc))
-    where = _origin(data, loc, path)
+    where = _origin(data, loc, path, origins)
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     message = err["msg"]
     kind = err["type"]
@@ -218,21 +218,23 @@ def _is_tag_of(node: Any, part: str) -> bool:
     return isinstance(node, dict) and node.get("kind") == part
 
 
-def _origin(data: CommentedMap, loc: tuple[Any, ...], path: Path) -> str:
+def _origin(
+    data: CommentedMap, loc: tuple[Any, ...], path: Path, origins: dict[tuple[str, ...], str] | None = None
+) -> str:
     """`FILE:LINE` of the deepest key of `loc` present in the file, or the override that set it."""
+    for (key, item) in (origins or {}).items():
+        if tuple(str(p) for p in loc[: len(key)]) == key or key[: len(loc)] == tuple(str(p) for p in loc):
+            return f"{path}: override {item!r}"
     node: Any = data
     line = 1
     for part in loc:
         if isinstance(node, CommentedMap) and part in node:
-            marks = node.get("__overrides__", {})
-            if part in marks:
-                return f"override {marks[part]!r}"
-            pos = node.lc.key(part)
+            pos = node.lc.key(part) if part in node.lc.data else None
             if pos is not None:
                 line = pos[0] + 1
             node = node[part]
         elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-            pos = node.lc.item(part)
+            pos = node.lc.item(part) if part in node.lc.data else None
             if pos is not None:
                 line = pos[0] + 1
             node = node[part]
@@ -250,12 +252,15 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> li
         if isinstance(part, int):
             current = _inner(current)
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
-        current = _pick(current.model_fields[part].annotation, node)
+        fields = {f.alias or name: f for name, f in current.model_fields.items()}
+        if part not in fields:
+            return []
+        current = _pick(fields[part].annotation, node)
     current = _pick(current, node)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        return [f.alias or name for name, f in current.model_fields.items()]
     return []
 
 

@@ -18,7 +18,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 # ----------------------------------------------------------------------------------------------- model + data
@@ -262,4 +262,5 @@ class Recipe(Strict):
     launch: Launch = Field(default_factory=lambda: LocalLaunch(kind="local"))
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
-    register: RegisterSpec
+    # `register` is the recipe's key; the attribute is `registry` (pydantic models reserve `register`)
+    registry: RegisterSpec = Field(alias="register")

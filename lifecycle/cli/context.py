@@ -1,0 +1,51 @@
+"""What every command needs from the outside world, built once at the CLI edge from the settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from lifecycle.cli.output import console
+from lifecycle.recipe.load import LoadedRecipe
+from lifecycle.registry.tracking import Tracker
+from lifecycle.runs import RunDir
+from lifecycle.settings import Settings, load_settings
+
+
+@dataclass
+class Context:
+    settings: Settings
+    project_dir: Path = field(default_factory=Path.cwd)
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        return Tracker(self.settings.tracking_uri, self.settings.artifacts_dir)
+
+    def launcher(self, loaded: LoadedRecipe) -> object:
+        from lifecycle.train.stage import LocalLauncher
+
+        if loaded.recipe.launch.kind == "sky":
+            from lifecycle.launch.sky_launch import SkyLauncher
+
+            return SkyLauncher.from_settings(self.settings, console)
+        return LocalLauncher(cache_dir=self.settings.cache_dir)
+
+    def dry_run(self, loaded: LoadedRecipe) -> None:
+        from lifecycle.launch.sky_launch import dry_run
+
+        dry_run(loaded, console)
+
+    def run_pipeline(self, run: RunDir) -> None:
+        from lifecycle.pipeline import run_stages
+        from lifecycle.recipe.load import load_recipe
+
+        loaded = load_recipe(run.recipe_path)
+        run_stages(run, loaded, self, console)
+
+
+def load_context() -> Context:
+    # MLflow sends usage telemetry unless told not to; a platform for data-residency-bound teams turns it off
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return Context(settings=load_settings())

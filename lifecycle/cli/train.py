@@ -1,0 +1,48 @@
+"""`lifecycle train RECIPE`: the stages in order, from a recipe to a checked model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lifecycle.cli.output import console
+from lifecycle.errors import UserInputError
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    override: list[str] = typer.Option([], "--set", "-s", help="key.path=value, applied before validation."),
+    on: str | None = typer.Option(None, "--on", help="Override the recipe's launch: 'local' or 'sky'."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the newest unfinished run of this recipe."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Continue this run directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Sky launch: print the task, plan and cost only."),
+) -> None:
+    """Fine-tune a recipe and record it in MLflow. Resumes from the last committed checkpoint when continuing."""
+    from lifecycle.cli.context import load_context
+    from lifecycle.recipe.load import load_recipe
+    from lifecycle.runs import RunDir
+    from lifecycle.train import stage as train_stage
+
+    overrides = list(override) + ([f"launch.kind={on}"] if on else [])
+    ctx = load_context()
+    if run_dir is not None:
+        run = RunDir(run_dir)
+        if not run.exists():
+            raise UserInputError(f"{run_dir}: not a run directory (no run.json)")
+        loaded = load_recipe(run.recipe_path)
+    else:
+        loaded = load_recipe(recipe, overrides)
+        run = train_stage.find_resumable(ctx.settings.runs_dir, loaded.recipe.name) if resume else None
+        if resume and run is None:
+            raise UserInputError(f"--resume: no unfinished run of recipe {loaded.recipe.name!r} under "
+                                 f"{ctx.settings.runs_dir}")
+    if dry_run:
+        ctx.dry_run(loaded)
+        return
+    if run is None:
+        run = train_stage.prepare(loaded, ctx.settings.runs_dir, ctx.tracker, Path.cwd())
+        console.print(f"run [bold]{run.info().run_id}[/] in {run.path}")
+    else:
+        console.print(f"continuing run [bold]{run.info().run_id}[/] in {run.path}")
+    ctx.run_pipeline(run)

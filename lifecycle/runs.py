@@ -1,0 +1,166 @@
+"""Run directories and the typed results stages hand each other.
+
+A run directory is self-contained: the resolved recipe, copies of its data, each stage's output folder and each
+stage's result as JSON. Any stage can be rerun or resumed from the one before it by reading these results.
+
+    <runs>/<run-id>/
+      run.json               RunInfo: id, recipe name and hash, MLflow run id, created
+      recipe.yaml            the recipe as validated (overrides applied, data paths pointing into data/)
+      recipe.source.yaml     the file as the user wrote it
+      data/                  train.jsonl, eval.jsonl (so the folder syncs to a cloud node as-is)
+      train/                 the training worker's output: checkpoints/, metrics.jsonl, adapter/, model/
+      results/<stage>.json   TrainResult, QuantizeResult, ChainReport, GateResult, RegisteredVersion
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from lifecycle.errors import MissingResultError, UserInputError
+from lifecycle.manifest import write_json_atomic
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunInfo(Frozen):
+    run_id: str
+    recipe_name: str
+    recipe_sha256: str
+    created: str
+    mlflow_run_id: str | None = None
+    overrides: tuple[str, ...] = ()
+
+
+class DataStats(Frozen):
+    path: str
+    sha256: str
+    rows: int
+
+
+class Cost(Frozen):
+    """Dollars for the compute a stage used. Local CPU runs cost nothing billable."""
+
+    usd_per_hour: float = 0.0
+    hours: float = 0.0
+    estimated_usd: float = 0.0
+    actual_usd: float = 0.0
+    source: str = "local"  # local | catalog | recipe
+
+
+class TrainResult(Frozen):
+    model_dir: str  # merged (or fully fine-tuned) Hugging Face folder, verified against its manifest
+    manifest_digest: str
+    adapter_dir: str | None  # LoRA adapter folder, for the chain check and adapter serving
+    base_model_dir: str  # the exact base the run started from
+    base_manifest_digest: str
+    method: str
+    steps: int
+    resumed_from_step: int | None
+    final_loss: float | None
+    eval_accuracy: float | None
+    base_eval_accuracy: float | None
+    wall_s: float
+    data: dict[str, DataStats]
+    cost: Cost
+    launch: dict[str, str]
+
+
+def new_run_id(recipe_name: str, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now()
+    return f"{recipe_name}-{now.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """A run directory on disk; the only place stage results are read from and written to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    # layout ---------------------------------------------------------------------------------------------
+    @property
+    def info_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.path / "train"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.path / "results"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / stage
+
+    # run info -------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.info_path.is_file()
+
+    def info(self) -> RunInfo:
+        if not self.exists():
+            raise UserInputError(f"{self.path}: not a run directory (no run.json)")
+        return RunInfo.model_validate_json(self.info_path.read_text())
+
+    def write_info(self, info: RunInfo) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.info_path, info.model_dump(mode="json"))
+
+    # stage results --------------------------------------------------------------------------------------
+    def save(self, stage: str, result: BaseModel) -> Path:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        path = self.results_dir / f"{stage}.json"
+        write_json_atomic(path, result.model_dump(mode="json"))
+        return path
+
+    def has(self, stage: str) -> bool:
+        return (self.results_dir / f"{stage}.json").is_file()
+
+    def load(self, stage: str, model: type[R]) -> R:
+        path = self.results_dir / f"{stage}.json"
+        if not path.is_file():
+            raise MissingResultError(
+                f"{self.path}: no {stage} result ({path.name} missing): run the {stage} stage first"
+            )
+        return model.model_validate_json(path.read_text())
+
+    def discard(self, stage: str) -> None:
+        (self.results_dir / f"{stage}.json").unlink(missing_ok=True)
+        shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
+
+
+def list_runs(root: Path) -> list[RunDir]:
+    """Run directories under `root`, newest first."""
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if (p / "run.json").is_file()]
+    return sorted(runs, key=lambda r: r.info().created, reverse=True)
+
+
+def resolve_run(root: Path, ref: str) -> RunDir:
+    """A run given as a path, a run id under `root`, or 'latest'."""
+    if ref == "latest":
+        runs = list_runs(root)
+        if not runs:
+            raise UserInputError(f"no runs under {root}")
+        return runs[0]
+    for candidate in (Path(ref), root / ref):
+        if (candidate / "run.json").is_file():
+            return RunDir(candidate)
+    raise UserInputError(f"{ref}: no such run (looked for a folder with run.json, and for {root / ref})")

@@ -1,0 +1,219 @@
+"""The training stage, seen from the user's machine: prepare the run, launch the worker, check and record it.
+
+    prepare(loaded recipe) -> RunDir        run directory with the recipe, its data and an MLflow run
+    run(RunDir) -> TrainResult              launch (local | sky), verify the weights, log everything to MLflow
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ruamel.yaml import YAML
+
+from lifecycle import manifest
+from lifecycle.errors import StageError, UserInputError
+from lifecycle.launch.checkpoints import latest_committed
+from lifecycle.provenance import git_commit, library_versions
+from lifecycle.recipe.load import LoadedRecipe, data_files, load_recipe
+from lifecycle.registry.tracking import Tracker, flatten
+from lifecycle.runs import Cost, RunDir, RunInfo, TrainResult, list_runs, new_run_id
+from lifecycle.train.data import load_examples, stats
+from lifecycle.train.worker import WORKER_RESULT, WorkerResult
+
+STAGE = "train"
+
+
+class Launcher(Protocol):
+    """Runs the training worker for a prepared run and leaves its output in `run.train_dir`."""
+
+    kind: str
+
+    def __call__(self, run: RunDir) -> Cost: ...
+
+
+@dataclass(frozen=True)
+class LocalLauncher:
+    cache_dir: Path
+    kind: str = "local"
+
+    def __call__(self, run: RunDir) -> Cost:
+        from lifecycle.launch.local import run_local
+
+        run_local(run.path, run.train_dir.resolve(), self.cache_dir)
+        return Cost(source="local")
+
+
+def find_resumable(runs_dir: Path, recipe_name: str) -> RunDir | None:
+    """The newest run of this recipe that has not finished training."""
+    for run in list_runs(runs_dir):
+        if run.info().recipe_name == recipe_name and not run.has(STAGE):
+            return run
+    return None
+
+
+def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir: Path) -> RunDir:
+    """Create a self-contained run directory and its MLflow run. Checks every data row first: a bad row
+    stops here, before anything is written."""
+    recipe = loaded.recipe
+    examples = {split: load_examples(path, recipe.data.format) for split, path in data_files(recipe.data).items()}
+    run_id = new_run_id(recipe.name)
+    run = RunDir(runs_dir / run_id)
+    tmp = RunDir(runs_dir / f".{run_id}.tmp")
+    shutil.rmtree(tmp.path, ignore_errors=True)
+    tmp.data_dir.mkdir(parents=True)
+    local_paths = {}
+    for split, path in data_files(recipe.data).items():
+        target = tmp.data_dir / f"{split}.jsonl"
+        shutil.copy2(path, target)
+        local_paths[split] = f"data/{split}.jsonl"
+    _write_run_recipe(loaded, tmp.recipe_path, local_paths)
+    (tmp.path / "recipe.source.yaml").write_text(loaded.text)
+    load_recipe(tmp.recipe_path)  # the copy must validate exactly like the original
+
+    data_stats = {split: stats(path, examples[split]) for split, path in data_files(recipe.data).items()}
+    tags = {
+        "lifecycle.recipe": recipe.name,
+        "lifecycle.recipe_sha256": loaded.sha256,
+        "lifecycle.recipe_path": str(loaded.path),
+        "lifecycle.run_dir": str(run.path.resolve()),
+        "lifecycle.git_commit": git_commit(project_dir),
+        "lifecycle.method": recipe.method.kind,
+        "lifecycle.launch": recipe.launch.kind,
+        "mlflow.source.name": "lifecycle train",
+    }
+    mlflow_run = tracker.start_run(recipe.name, run_id, tags)
+    params = flatten(recipe.model_dump(mode="json"))
+    for split, s in data_stats.items():
+        params[f"data.{split}.sha256"] = s.sha256
+        params[f"data.{split}.rows"] = s.rows
+    params["overrides"] = list(loaded.overrides)
+    tracker.log_params(mlflow_run, params)
+    tracker.set_tags(mlflow_run, {f"version.{k}": v for k, v in library_versions().items()})
+    tracker.log_artifact(mlflow_run, tmp.path / "recipe.source.yaml", "recipe")
+    tracker.log_artifact(mlflow_run, tmp.recipe_path, "recipe")
+    manifest.write_json_atomic(tmp.path / "data_stats.json", {k: v.model_dump() for k, v in data_stats.items()})
+    tmp.write_info(
+        RunInfo(
+            run_id=run_id,
+            recipe_name=recipe.name,
+            recipe_sha256=loaded.sha256,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            mlflow_run_id=mlflow_run,
+            overrides=loaded.overrides,
+        )
+    )
+    tmp.path.rename(run.path)  # the run exists only once complete
+    return run
+
+
+def _write_run_recipe(loaded: LoadedRecipe, target: Path, data_paths: dict[str, str]) -> None:
+    data = loaded.recipe.model_dump(mode="json", exclude_none=True)
+    data["data"].update(data_paths)
+    header = f"# {loaded.recipe.name}: validated copy of {loaded.path} (sha256 {loaded.sha256[:12]})\n"
+    with target.open("w") as fh:
+        fh.write(header)
+        YAML().dump(data, fh)
+
+
+def run(run: RunDir, launcher: Launcher, tracker: Tracker) -> TrainResult:
+    """Launch the worker (it resumes from its newest committed checkpoint), then verify and record the result."""
+    if run.has(STAGE):
+        return run.load(STAGE, TrainResult)
+    info = run.info()
+    loaded = load_recipe(run.recipe_path)
+    assert info.mlflow_run_id is not None
+    resumed = latest_committed(run.train_dir / "checkpoints")
+    if resumed is not None:
+        tracker.set_tags(info.mlflow_run_id, {"lifecycle.resumed_from": resumed.name})
+    start = time.monotonic()
+    try:
+        cost = launcher(run)
+    except BaseException:
+        tracker.end_run(info.mlflow_run_id, "FAILED")
+        raise
+    wall = time.monotonic() - start
+    worker = _read_worker(run.train_dir)
+    model_dir = run.train_dir / "model"
+    digest = manifest.verify(model_dir).digest  # the weights that came home are the weights that were trained
+    if digest != worker.model_manifest_digest:
+        raise StageError(f"{model_dir}: manifest digest differs from the one the worker reported")
+    adapter_dir = run.train_dir / "adapter" if worker.adapter_manifest_digest else None
+    if adapter_dir is not None:
+        manifest.verify(adapter_dir)
+    data_stats = json.loads((run.path / "data_stats.json").read_text())
+    result = TrainResult(
+        model_dir=str(model_dir.resolve()),
+        manifest_digest=digest,
+        adapter_dir=str(adapter_dir.resolve()) if adapter_dir else None,
+        base_model_dir=worker.base_model_dir,
+        base_manifest_digest=worker.base_manifest_digest,
+        method=loaded.recipe.method.kind,
+        steps=worker.steps,
+        resumed_from_step=worker.resumed_from_step,
+        final_loss=worker.final_loss,
+        eval_accuracy=worker.eval_accuracy,
+        base_eval_accuracy=worker.base_eval_accuracy,
+        wall_s=wall,
+        data=data_stats,
+        cost=cost,
+        launch={"kind": launcher.kind, "host": worker.host, "accelerator": worker.accelerator},
+    )
+    _record(tracker, info.mlflow_run_id, run, result, worker)
+    run.save(STAGE, result)
+    return result
+
+
+def _read_worker(output: Path) -> WorkerResult:
+    path = output / WORKER_RESULT
+    if not path.is_file():
+        raise StageError(f"{output}: the training worker finished without writing {WORKER_RESULT}")
+    return WorkerResult.model_validate_json(path.read_text())
+
+
+def _record(tracker: Tracker, mlflow_run: str, run: RunDir, result: TrainResult, worker: WorkerResult) -> None:
+    rows: dict[tuple[str, int], float] = {}
+    metrics_path = run.train_dir / "metrics.jsonl"
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            entry = json.loads(line)
+            for key, value in entry.items():
+                if key not in ("step", "time"):
+                    rows[(f"train.{key}", int(entry["step"]))] = float(value)  # a resumed step's last value wins
+    tracker.log_metrics(mlflow_run, [(k, v, s) for (k, s), v in sorted(rows.items(), key=lambda kv: kv[0][1])])
+    final = {
+        "train.steps": result.steps,
+        "train.final_loss": result.final_loss,
+        "train.eval_accuracy": result.eval_accuracy,
+        "train.base_eval_accuracy": result.base_eval_accuracy,
+        "train.wall_s": result.wall_s,
+        "train.worker_wall_s": worker.train_wall_s,
+        "cost.actual_usd": result.cost.actual_usd,
+        "cost.estimated_usd": result.cost.estimated_usd,
+    }
+    tracker.log_metrics(mlflow_run, [(k, v, result.steps) for k, v in final.items() if v is not None])
+    tracker.set_tags(
+        mlflow_run,
+        {
+            "lifecycle.model_manifest_digest": result.manifest_digest,
+            "lifecycle.base_model": result.base_model_dir,
+            "lifecycle.base_manifest_digest": result.base_manifest_digest,
+            "lifecycle.launch.host": worker.host,
+            "lifecycle.launch.accelerator": worker.accelerator,
+        },
+    )
+    tracker.log_artifact(mlflow_run, run.train_dir / "metrics.jsonl", "train")
+    tracker.log_artifact(mlflow_run, run.train_dir / WORKER_RESULT, "train")
+
+
+def require_trained(run: RunDir) -> TrainResult:
+    """The TrainResult of a run, with its weights re-verified: later stages start from here."""
+    result = run.load(STAGE, TrainResult)
+    if not Path(result.model_dir).is_dir():
+        raise UserInputError(f"{run.path}: the trained model folder {result.model_dir} is gone")
+    manifest.verify(Path(result.model_dir))
+    return result

@@ -1,0 +1,226 @@
+"""The fine-tune itself: trl's SFTTrainer with peft LoRA or full fine-tuning, atomic checkpoints, merge, save.
+
+Runs inside the training worker (locally or on a rented GPU node). Knows nothing about MLflow or SkyPilot:
+it reads a recipe and an output folder and writes checkpoints, metrics.jsonl, the adapter and the final model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback  # this module runs only inside the worker: heavy imports are fine
+
+from lifecycle.launch import checkpoints
+from lifecycle.recipe.schema import FullMethod, LoraMethod, Recipe, TrainingSpec
+from lifecycle.train.data import Example
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cuda: bool
+    bf16_supported: bool
+
+    @classmethod
+    def detect(cls) -> Hardware:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        return cls(cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steps: int
+    resumed_from_step: int | None
+    final_loss: float | None
+    wall_s: float
+
+
+def precision_flags(spec: TrainingSpec, hw: Hardware) -> dict[str, bool]:
+    """bf16 on GPUs that support it, fp32 on CPU (CPU bf16 training is slow and lossy for tiny models)."""
+    choice = spec.precision
+    if choice == "auto":
+        choice = "bf16" if hw.bf16_supported else ("fp16" if hw.cuda else "fp32")
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def use_gradient_checkpointing(spec: TrainingSpec, hw: Hardware, n_params: int) -> bool:
+    """Worth its recompute cost only where memory is the limit: GPUs and models of a billion parameters or more."""
+    if spec.gradient_checkpointing != "auto":
+        return bool(spec.gradient_checkpointing)
+    return hw.cuda and n_params >= 1_000_000_000
+
+
+def fit(
+    recipe: Recipe,
+    base_dir: Path,
+    train: list[Example],
+    evaluation: list[Example] | None,
+    output: Path,
+    hw: Hardware,
+    progress: Any | None = None,
+) -> FitResult:
+    """Train, resuming from the newest committed checkpoint in `output/checkpoints` if there is one."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    spec = recipe.training
+    torch.manual_seed(spec.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # train in fp32 on CPU, in the mixed-precision dtype's master weights (fp32) on GPU
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    ckpt_dir = output / "checkpoints"
+    resume = checkpoints.latest_committed(ckpt_dir)
+    config = SFTConfig(
+        output_dir=str(ckpt_dir),
+        max_steps=spec.max_steps or -1,
+        num_train_epochs=spec.epochs or 1.0,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.lr_scheduler,
+        warmup_steps=spec.warmup_ratio,
+        weight_decay=spec.weight_decay,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation,
+        max_length=spec.max_length,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        use_cpu=not hw.cuda,
+        gradient_checkpointing=use_gradient_checkpointing(spec, hw, n_params),
+        save_strategy="steps",
+        save_steps=spec.checkpoint_every,
+        save_total_limit=None,  # pruning is ours: only committed checkpoints count
+        logging_steps=spec.logging_steps,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **precision_flags(spec, hw),
+    )
+    peft_config = _peft_config(recipe) if isinstance(recipe.method, LoraMethod) else None
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list([e.sft for e in train]),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_CommitAndLog(output / "metrics.jsonl", spec.keep_checkpoints, progress)],
+    )
+    start = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.monotonic() - start
+    if trainer.is_world_process_zero():
+        _save_final(trainer, recipe, base_dir, tokenizer, output)
+    loss = _last_loss(trainer.state.log_history)
+    return FitResult(
+        steps=trainer.state.global_step,
+        resumed_from_step=checkpoints.step_of(resume) if resume else None,
+        final_loss=loss if loss is not None else float(result.training_loss),
+        wall_s=wall,
+    )
+
+
+def _peft_config(recipe: Recipe) -> Any:
+    from peft import LoraConfig
+
+    method = recipe.method
+    assert isinstance(method, LoraMethod)
+    return LoraConfig(
+        r=method.r,
+        lora_alpha=method.alpha,
+        lora_dropout=method.dropout,
+        target_modules=method.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _save_final(trainer: Any, recipe: Recipe, base_dir: Path, tokenizer: Any, output: Path) -> None:
+    """Write the adapter (LoRA) and the merged model in the base's dtype, each sealed by a manifest."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig
+
+    from lifecycle import manifest
+
+    base_dtype = _dtype_of(AutoConfig.from_pretrained(base_dir), recipe.model.dtype)
+    model = trainer.model
+    if not isinstance(recipe.method, FullMethod):
+        adapter_dir = output / "adapter"
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        model.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        manifest.write(adapter_dir)
+        # merge in fp32 (the training dtype), then cast once: merging in bf16 rounds the update away
+        model = model.merge_and_unload()
+    model = model.to(getattr(torch, base_dtype))
+    model_dir = output / "model"
+    tmp = output / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    gen = base_dir / "generation_config.json"
+    if gen.is_file():
+        shutil.copy2(gen, tmp / "generation_config.json")
+    manifest.write(tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.rename(model_dir)
+
+
+def _dtype_of(config: Any, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return str(dtype).removeprefix("torch.")
+
+
+def _last_loss(history: list[dict[str, Any]]) -> float | None:
+    for entry in reversed(history):
+        if "loss" in entry:
+            return float(entry["loss"])
+    return None
+
+
+class _CommitAndLog(TrainerCallback):  # type: ignore[misc]
+    """Seals each saved checkpoint (manifest, then marker), prunes old ones, and appends metrics as JSON lines."""
+
+    def __init__(self, metrics_path: Path, keep: int, progress: Any | None):
+        self.metrics_path = metrics_path
+        self.keep = keep
+        self.progress = progress
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.progress is not None and state.is_world_process_zero:
+            self.progress.begin(state.max_steps, state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.progress is not None and state.is_world_process_zero:
+            self.progress.advance(state.global_step)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            checkpoints.commit(folder)
+            checkpoints.prune(folder.parent, self.keep)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
+        row.update({k: v for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.progress is not None and "loss" in logs:
+            self.progress.loss(float(logs["loss"]))
