@@ -173,6 +173,8 @@ def _format_error(
     loc: tuple[Any, ...] = tuple(err["loc"])
     # pydantic puts the union tag into the location ('method', 'lora', 'r'); readers know only their keys
     loc = tuple(part for part in loc if not _is_union_tag(part, data, loc))
+    if err["type"] == "union_tag_invalid" and isinstance(err.get("ctx", {}).get("discriminator"), str):
+        loc = (*loc, err["ctx"]["discriminator"].strip("'"))  # point at the tag's own line
     where = _origin(data, loc, path, origins)
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     message = err["msg"]
@@ -192,8 +194,6 @@ def _format_error(
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
         message = f"unknown {ctx.get('discriminator', 'kind')} {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
-        if loc and isinstance(ctx.get("discriminator"), str):
-            dotted += "." + ctx["discriminator"].strip("'")
     elif kind == "union_tag_not_found":
         message = f"missing {err.get('ctx', {}).get('discriminator', 'kind')}, which says which variant this is"
     return f"{where}: {dotted}: {message}"

@@ -238,7 +238,7 @@ def pretraining_corpus(seed: int) -> list[str]:
         for start in range(0, len(facts), 6):
             sentences = [_STATEMENT[kind].format(*pair) for kind, pair in facts[start : start + 6]]
             lines.append(" ".join(s[0].upper() + s[1:] for s in sentences))
-    lines += [row["messages"][1]["content"] for row in make_tickets(600, seed + 1_000_003)]
+    lines += [row["messages"][1]["content"] for row in make_tickets(200, seed + 1_000_003)]
     rng.shuffle(lines)
     return lines
 

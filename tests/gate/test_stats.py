@@ -73,7 +73,9 @@ def test_is_binary() -> None:
 # ----------------------------------------------------------------------------------------------- bootstrap
 
 
-def _boot(cand: object, base: object, seed: int = 0, samples: int = 2000, confidence: float = 0.95) -> Interval:
+def _boot(
+    cand: object, base: object, seed: int = 0, samples: int = 2000, confidence: float = 0.95
+) -> Interval:
     return paired_bootstrap(cand, base, samples=samples, confidence=confidence, seed=seed)  # type: ignore[arg-type]
 
 
@@ -94,7 +96,7 @@ def test_bootstrap_is_deterministic_for_a_seed() -> None:
 
 
 def test_bootstrap_equals_naive_index_resampling() -> None:
-    """The blocked, memory-bounded loop draws exactly the indices one big draw would (n large: several blocks)."""
+    """The blocked, memory-bounded loop draws exactly the indices of one big draw (here: several blocks)."""
     rng = np.random.default_rng(2)
     n, samples = 5000, 1000
     cand, base = rng.random(n), rng.random(n)
@@ -164,6 +166,8 @@ def test_bootstrap_coverage_is_close_to_nominal() -> None:
         ([1.0], [0.0], {"confidence": 1.0}, "confidence"),
     ],
 )
-def test_bootstrap_rejects_bad_input(cand: object, base: object, kwargs: dict[str, float], message: str) -> None:
+def test_bootstrap_rejects_bad_input(
+    cand: object, base: object, kwargs: dict[str, float], message: str
+) -> None:
     with pytest.raises(GateError, match=message):
         _boot(cand, base, **kwargs)  # type: ignore[arg-type]
