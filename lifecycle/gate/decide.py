@@ -249,7 +249,8 @@ def _recovery_result(
     if den > 0 and num >= 0:
         recovery = num / den
         ok = recovery >= min_recovery - _EPS
-        reason = f"quantized/merged = {recovery:.4f} ({'≥' if ok else '<'} {min_recovery:.4f})"
+        ratio = "quantized/merged" if scores.higher_is_better else "merged/quantized (lower is better)"
+        reason = f"recovery {ratio} = {recovery:.4f} ({'≥' if ok else '<'} {min_recovery:.4f})"
     else:
         # A ratio to a zero (or negative) score means nothing; judge by whether quantization lost anything.
         ok = delta >= -_EPS
