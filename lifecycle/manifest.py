@@ -88,8 +88,10 @@ def verify(folder: Path, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> Manifes
         if got is None:
             problems.append(f"missing: {name}")
         elif got != entry:
-            problems.append(f"changed: {name} (expected sha256 {entry.sha256[:12]}…, {entry.size} B; "
-                            f"found {got.sha256[:12]}…, {got.size} B)")
+            problems.append(
+                f"changed: {name} (expected sha256 {entry.sha256[:12]}…, {entry.size} B; "
+                f"found {got.sha256[:12]}…, {got.size} B)"
+            )
     problems += [f"unexpected: {name}" for name in sorted(set(actual.files) - set(expected.files))]
     if problems:
         raise ManifestError(f"{folder} does not match its manifest:\n  " + "\n  ".join(problems))

@@ -29,7 +29,11 @@ def train_table(result: TrainResult) -> Table:
     table = Table(title="training", show_header=False)
     rows: list[tuple[str, Any]] = [
         ("method", result.method),
-        ("steps", f"{result.steps}" + (f" (resumed at {result.resumed_from_step})" if result.resumed_from_step else "")),
+        (
+            "steps",
+            f"{result.steps}"
+            + (f" (resumed at {result.resumed_from_step})" if result.resumed_from_step else ""),
+        ),
         ("final loss", _fmt(result.final_loss)),
         ("held-out accuracy", f"{_fmt(result.base_eval_accuracy)} (base) -> {_fmt(result.eval_accuracy)}"),
         ("model", result.model_dir),

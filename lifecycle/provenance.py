@@ -7,8 +7,18 @@ from importlib import metadata
 from pathlib import Path
 
 TRACKED_LIBRARIES = (
-    "lifecycle", "torch", "transformers", "peft", "trl", "datasets", "accelerate",
-    "llmcompressor", "compressed-tensors", "lm-eval", "mlflow", "skypilot",
+    "lifecycle",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "llmcompressor",
+    "compressed-tensors",
+    "lm-eval",
+    "mlflow",
+    "skypilot",
 )
 
 
@@ -30,7 +40,11 @@ def git_commit(cwd: Path) -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, check=True, timeout=10,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -16,6 +16,7 @@ class Settings:
     runs_dir: Path
     cache_dir: Path
     serve_python: Path  # the interpreter of the serving environment (vLLM)
+    hf_token: str | None = None  # forwarded to cloud training nodes (gated hub models); never logged
 
     @property
     def artifacts_dir(self) -> Path:
@@ -37,6 +38,7 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         runs_dir=home / "runs",
         cache_dir=home / "cache",
         serve_python=serve_python,
+        hf_token=env.get("HF_TOKEN") or None,
     )
 
 

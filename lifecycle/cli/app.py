@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from lifecycle.cli import jobs, runs, stages, train, validate, worker
 from lifecycle.cli.output import console_err
@@ -33,7 +34,7 @@ def main() -> None:
     try:
         app()
     except LifecycleError as exc:
-        console_err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        console_err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console_err.print("[yellow]interrupted[/]")

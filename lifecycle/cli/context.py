@@ -29,13 +29,31 @@ class Context:
         if loaded.recipe.launch.kind == "sky":
             from lifecycle.launch.sky_launch import SkyLauncher
 
-            return SkyLauncher.from_settings(self.settings, console)
+            return SkyLauncher.from_settings(
+                self.settings,
+                console,
+                secrets=self.secrets,
+                expected_hours=loaded.recipe.launch.expected_hours,
+            )
         return LocalLauncher(cache_dir=self.settings.cache_dir)
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return {"HF_TOKEN": self.settings.hf_token} if self.settings.hf_token else {}
 
     def dry_run(self, loaded: LoadedRecipe) -> None:
         from lifecycle.launch.sky_launch import dry_run
+        from lifecycle.recipe.schema import SkyLaunch
+        from lifecycle.runs import new_run_id
 
-        dry_run(loaded, console)
+        launch = loaded.recipe.launch
+        dry_run(
+            loaded,
+            console,
+            run_dir=self.settings.runs_dir / new_run_id(loaded.recipe.name),
+            secrets=self.secrets,
+            expected_hours=launch.expected_hours if isinstance(launch, SkyLaunch) else None,
+        )
 
     def run_pipeline(self, run: RunDir) -> None:
         from lifecycle.pipeline import run_stages

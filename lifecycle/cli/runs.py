@@ -42,8 +42,13 @@ def runs(as_json: bool = typer.Option(False, "--json", help="Machine-readable ou
     for row in rows:
         acc = row["eval_accuracy"]
         table.add_row(
-            row["run_id"], row["recipe"], row["created"], ", ".join(row["stages"]) or "-",
-            str(row["steps"] or "-"), "-" if acc is None else f"{acc:.3f}", (row["mlflow_run_id"] or "-")[:12],
+            row["run_id"],
+            row["recipe"],
+            row["created"],
+            ", ".join(row["stages"]) or "-",
+            str(row["steps"] or "-"),
+            "-" if acc is None else f"{acc:.3f}",
+            (row["mlflow_run_id"] or "-")[:12],
         )
     console.print(table)
 
@@ -56,7 +61,17 @@ def ui(port: int = typer.Option(5000, help="Port for the MLflow UI.")) -> None:
     from lifecycle.settings import load_settings
 
     settings = load_settings()
-    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri,
-            "--default-artifact-root", settings.artifacts_dir.as_uri(), "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--default-artifact-root",
+        settings.artifacts_dir.as_uri(),
+        "--port",
+        str(port),
+    ]
     console.print(f"MLflow UI on http://127.0.0.1:{port} (store {settings.tracking_uri})")
     os.execv(sys.executable, argv)

@@ -35,8 +35,9 @@ def train(
         loaded = load_recipe(recipe, overrides)
         run = train_stage.find_resumable(ctx.settings.runs_dir, loaded.recipe.name) if resume else None
         if resume and run is None:
-            raise UserInputError(f"--resume: no unfinished run of recipe {loaded.recipe.name!r} under "
-                                 f"{ctx.settings.runs_dir}")
+            raise UserInputError(
+                f"--resume: no unfinished run of recipe {loaded.recipe.name!r} under {ctx.settings.runs_dir}"
+            )
     if dry_run:
         ctx.dry_run(loaded)
         return

@@ -23,9 +23,11 @@ def validate(
         except RecipeError as exc:
             failed = True
             for problem in exc.problems:
-                console_err.print(problem, markup=False)
+                console_err.print(problem, markup=False, soft_wrap=True)
             continue
-        console.print(f"[green]ok[/] {path}  ({loaded.recipe.name}: {loaded.recipe.method.kind}, "
-                      f"launch {loaded.recipe.launch.kind})")
+        console.print(
+            f"[green]ok[/] {path}  ({loaded.recipe.name}: {loaded.recipe.method.kind}, "
+            f"launch {loaded.recipe.launch.kind})"
+        )
     if failed:
         raise typer.Exit(2)

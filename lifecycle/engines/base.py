@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -20,7 +21,7 @@ class Completion:
     token_ids: tuple[int, ...] = ()
     tokens: tuple[str, ...] = ()
     token_logprobs: tuple[float, ...] = ()
-    top_logprobs: tuple[Mapping[str, float], ...] = field(default=())
+    top_logprobs: tuple[dict[str, float], ...] = ()
 
 
 @runtime_checkable
@@ -62,6 +63,6 @@ class CompletionEngine(Protocol):
 class LoraEngine(CompletionEngine, Protocol):
     """A server that can add and drop LoRA adapters while it runs."""
 
-    def load_lora(self, name: str, path: str) -> None: ...
+    def load_lora(self, name: str, path: Path) -> None: ...
 
     def unload_lora(self, name: str) -> None: ...

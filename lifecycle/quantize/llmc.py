@@ -9,7 +9,12 @@ from typing import Any
 from lifecycle.recipe.schema import QuantScheme
 
 # Our scheme names -> what llmcompressor is given. Static schemes calibrate activation scales on real data.
-PRESETS: dict[str, str] = {"FP8_DYNAMIC": "FP8_DYNAMIC", "FP8_STATIC": "FP8", "W8A8": "W8A8", "W4A16": "W4A16"}
+PRESETS: dict[str, str] = {
+    "FP8_DYNAMIC": "FP8_DYNAMIC",
+    "FP8_STATIC": "FP8",
+    "W8A8": "W8A8",
+    "W4A16": "W4A16",
+}
 CALIBRATED = frozenset({"FP8_STATIC", "W8A8_STATIC"})
 
 
@@ -23,9 +28,19 @@ def modifier_kwargs(scheme: QuantScheme, ignore: list[str]) -> dict[str, Any]:
         # int8 weights per channel, int8 activations per tensor with scales fixed by calibration
         group = {
             "targets": ["Linear"],
-            "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False},
+            "weights": {
+                "num_bits": 8,
+                "type": "int",
+                "symmetric": True,
+                "strategy": "channel",
+                "dynamic": False,
+            },
             "input_activations": {
-                "num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor", "dynamic": False,
+                "num_bits": 8,
+                "type": "int",
+                "symmetric": True,
+                "strategy": "tensor",
+                "dynamic": False,
             },
         }
         return {"config_groups": {"group_0": group}, "ignore": list(ignore)}
@@ -52,7 +67,9 @@ def quantize(
     modifier = QuantizationModifier(**modifier_kwargs(scheme, ignore))
     kwargs: dict[str, Any] = {}
     if calibration_texts:
-        encoded = tokenizer(calibration_texts, truncation=True, max_length=max_length, add_special_tokens=False)
+        encoded = tokenizer(
+            calibration_texts, truncation=True, max_length=max_length, add_special_tokens=False
+        )
         kwargs = {
             "dataset": Dataset.from_dict(dict(encoded)),
             "num_calibration_samples": len(calibration_texts),

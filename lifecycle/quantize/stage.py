@@ -15,6 +15,8 @@ from pathlib import Path
 
 from lifecycle import manifest
 from lifecycle.errors import StageError
+from lifecycle.quantize.chain import STAGE as CHAIN
+from lifecycle.quantize.chain import ChainReport, Serve, render_markdown, run_chain
 from lifecycle.recipe.load import load_recipe
 from lifecycle.recipe.schema import QuantScheme, Recipe
 from lifecycle.registry.tracking import Tracker
@@ -98,7 +100,9 @@ def _quantize(run_dir: RunDir, recipe: Recipe, source: Path, tracker: Tracker | 
             llmc.quantize(source, tmp, scheme, spec.ignore, texts, recipe.training.max_length)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StageError(f"quantizing {source} with scheme {scheme} failed: {type(exc).__name__}: {exc}") from exc
+            raise StageError(
+                f"quantizing {source} with scheme {scheme} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         manifest.write(tmp)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
@@ -147,3 +151,56 @@ def _record(tracker: Tracker, run_dir: RunDir, result: QuantizeResult) -> None:
         ],
     )
     tracker.log_text(mlflow_run, json.dumps(result.model_dump(mode="json"), indent=2), "quantize/result.json")
+
+
+def chain_prompts(recipe: Recipe, tokenizer_dir: Path, n: int) -> list[str]:
+    """The first `n` eval prompts (train prompts if there is no eval split), as the served model receives them."""
+    from transformers import AutoTokenizer
+
+    from lifecycle.train.accuracy import prompt_text
+
+    source = recipe.data.eval or recipe.data.train
+    examples = [e for e in load_examples(source, recipe.data.format)][:n]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [prompt_text(tokenizer, e) for e in examples]
+
+
+def run_chain_check(run_dir: RunDir, serve: Serve, tracker: Tracker | None) -> ChainReport:
+    """Compare base+adapter, merged and quantized through the serving engine; fail on a merge bug."""
+    from lifecycle.train.stage import require_trained
+
+    if run_dir.has(CHAIN):
+        report = run_dir.load(CHAIN, ChainReport)
+    else:
+        trained = require_trained(run_dir)
+        quantized = run_dir.load(STAGE, QuantizeResult)
+        recipe = load_recipe(run_dir.recipe_path).recipe
+        merged = Path(trained.model_dir)
+        prompts = chain_prompts(recipe, merged, recipe.quantize.chain_check.prompts)
+        report = run_chain(
+            prompts,
+            recipe.quantize.chain_check,
+            serve=serve,
+            base_dir=Path(trained.base_model_dir),
+            adapter_dir=Path(trained.adapter_dir) if trained.adapter_dir else None,
+            merged_dir=merged,
+            quantized_dir=Path(quantized.model_dir) if quantized.scheme != "none" else None,
+        )
+        run_dir.save(CHAIN, report)
+        out = run_dir.stage_dir(CHAIN)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(render_markdown(report))
+        mlflow_run = run_dir.info().mlflow_run_id
+        if tracker is not None and mlflow_run is not None:
+            tracker.log_text(mlflow_run, render_markdown(report), "chain/report.md")
+            tracker.log_metrics(
+                mlflow_run,
+                [(f"chain.{p.right}_vs_{p.left}.agreement", p.agreement, 0) for p in report.pairs]
+                + [
+                    (f"chain.{p.right}_vs_{p.left}.mean_logprob_drift", p.mean_abs_logprob_drift, 0)
+                    for p in report.pairs
+                ],
+            )
+    if not report.passed:
+        raise StageError("chain check failed:\n  " + "\n  ".join(report.problems))
+    return report

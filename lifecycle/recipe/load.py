@@ -58,6 +58,13 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check_files:
     return LoadedRecipe(recipe=recipe, path=path, text=text, sha256=digest, overrides=tuple(overrides))
 
 
+def locate(loaded: LoadedRecipe, *loc: str | int) -> str:
+    """`FILE:LINE` (or the override) where the value at `loc` of a loaded recipe came from: for checks that
+    run after validation (SkyPilot's catalog, the gate's task registry) to report like schema errors."""
+    origins = {tuple(item.partition("=")[0].split(".")): item for item in loaded.overrides}
+    return _origin(_parse(loaded.path, loaded.text), tuple(loc), loaded.path, origins)
+
+
 def load_model_file(model: type[M], path: str | Path) -> M:
     """Load any other YAML config (an eval suite, a pool) with the same error reporting."""
     path = Path(path)
@@ -195,7 +202,9 @@ def _format_error(
         ctx = err.get("ctx", {})
         message = f"unknown {ctx.get('discriminator', 'kind')} {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
     elif kind == "union_tag_not_found":
-        message = f"missing {err.get('ctx', {}).get('discriminator', 'kind')}, which says which variant this is"
+        message = (
+            f"missing {err.get('ctx', {}).get('discriminator', 'kind')}, which says which variant this is"
+        )
     return f"{where}: {dotted}: {message}"
 
 
@@ -204,10 +213,18 @@ def _is_union_tag(part: Any, data: Any, loc: tuple[Any, ...]) -> bool:
     node = data
     for item in loc:
         if item == part:
-            return not (isinstance(node, dict) and part in node) and isinstance(part, str) and _is_tag_of(node, part)
-        if isinstance(node, dict) and item in node:
-            node = node[item]
-        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+            return (
+                not (isinstance(node, dict) and part in node)
+                and isinstance(part, str)
+                and _is_tag_of(node, part)
+            )
+        if (
+            isinstance(node, dict)
+            and item in node
+            or isinstance(node, list)
+            and isinstance(item, int)
+            and item < len(node)
+        ):
             node = node[item]
         else:
             return False
@@ -222,7 +239,7 @@ def _origin(
     data: CommentedMap, loc: tuple[Any, ...], path: Path, origins: dict[tuple[str, ...], str] | None = None
 ) -> str:
     """`FILE:LINE` of the deepest key of `loc` present in the file, or the override that set it."""
-    for (key, item) in (origins or {}).items():
+    for key, item in (origins or {}).items():
         if tuple(str(p) for p in loc[: len(key)]) == key or key[: len(loc)] == tuple(str(p) for p in loc):
             return f"{path}: override {item!r}"
     node: Any = data

@@ -46,7 +46,9 @@ class ModelSpec(Strict):
         path = Path(value)
         if path.is_dir():
             if not (path / "config.json").is_file():
-                raise ValueError(f"{value} is a folder but has no config.json: not a Hugging Face model folder")
+                raise ValueError(
+                    f"{value} is a folder but has no config.json: not a Hugging Face model folder"
+                )
             return value
         if path.is_absolute() or value.startswith((".", "~")) or not _HUB_ID.match(value):
             raise ValueError(f"model folder {value} does not exist (and it is not a hub id like 'org/name')")
@@ -112,7 +114,9 @@ Method = Annotated[LoraMethod | QLoraMethod | FullMethod, Field(discriminator="k
 
 class TrainingSpec(Strict):
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps; set this or epochs.")
-    epochs: float | None = Field(None, gt=0, description="Passes over the training data; set this or max_steps.")
+    epochs: float | None = Field(
+        None, gt=0, description="Passes over the training data; set this or max_steps."
+    )
     learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
@@ -146,7 +150,9 @@ class LocalLaunch(Strict):
 
 
 class Placement(Strict):
-    cloud: str | None = Field(None, description="e.g. aws, gcp, azure, lambda, runpod; None lets SkyPilot choose.")
+    cloud: str | None = Field(
+        None, description="e.g. aws, gcp, azure, lambda, runpod; None lets SkyPilot choose."
+    )
     region: str | None = None
     zone: str | None = None
 
@@ -155,7 +161,9 @@ class SkyLaunch(Strict):
     kind: Literal["sky"]
     accelerators: str = Field(description="SkyPilot accelerator spec, e.g. 'H100:8'.")
     nodes: int = Field(1, ge=1, le=64, description="Number of nodes; >1 runs multi-node training.")
-    use_spot: bool = Field(False, description="Use spot instances; the managed job recovers from preemptions.")
+    use_spot: bool = Field(
+        False, description="Use spot instances; the managed job recovers from preemptions."
+    )
     placements: list[Placement] = Field(
         default_factory=list, description="Clouds/regions to try, in order of preference."
     )
@@ -169,6 +177,9 @@ class SkyLaunch(Strict):
         None, gt=0, description="USD per node-hour, used when SkyPilot's catalog has no price."
     )
     max_restarts_on_errors: int = Field(0, ge=0, description="Managed job: restarts on user-code failure.")
+    expected_hours: float | None = Field(
+        None, gt=0, description="Expected duration, for the cost estimate printed before launch."
+    )
 
     @field_validator("accelerators")
     @classmethod
@@ -191,7 +202,10 @@ class ChainCheckSpec(Strict):
     prompts: int = Field(16, gt=0, description="Prompts from the eval data compared across the chain.")
     max_tokens: int = Field(16, gt=0)
     max_merge_disagreement: float = Field(
-        0.1, ge=0, le=1, description="Largest fraction of prompts where merged and adapter outputs may differ."
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest fraction of prompts where merged and adapter outputs may differ.",
     )
     max_quant_disagreement: float = Field(
         1.0, ge=0, le=1, description="Largest fraction where quantized and merged outputs may differ."
@@ -200,7 +214,9 @@ class ChainCheckSpec(Strict):
 
 class QuantizeSpec(Strict):
     scheme: QuantScheme = Field("FP8_DYNAMIC", description="llmcompressor scheme for the served artifact.")
-    calibration_samples: int = Field(64, gt=0, description="Static schemes: rows drawn from the training data.")
+    calibration_samples: int = Field(
+        64, gt=0, description="Static schemes: rows drawn from the training data."
+    )
     ignore: list[str] = Field(default_factory=lambda: ["lm_head"], description="Modules left unquantized.")
     chain_check: ChainCheckSpec = Field(default_factory=ChainCheckSpec)
 
@@ -226,7 +242,9 @@ Rule = Annotated[ImproveRule | NoRegressRule, Field(discriminator="kind")]
 
 
 class GateTask(Strict):
-    task: str = Field(description="An lm-eval task name: one under evals/ or a standard one whose data is present.")
+    task: str = Field(
+        description="An lm-eval task name: one under evals/ or a standard one whose data is present."
+    )
     rules: list[Rule] = Field(min_length=1)
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N items (smoke runs).")
 
@@ -236,7 +254,9 @@ class GateSpec(Strict):
     baseline: Literal["base", "production"] = Field(
         "production", description="Compare with the version aliased 'production', or the base model if none."
     )
-    min_quant_recovery: float = Field(0.99, gt=0, le=1.5, description="Quantized score / merged score, per task.")
+    min_quant_recovery: float = Field(
+        0.99, gt=0, le=1.5, description="Quantized score / merged score, per task."
+    )
     bootstrap_samples: int = Field(2000, ge=100)
     seed: int = 0
 

@@ -27,20 +27,25 @@ def generation_accuracy(model_dir: Path, examples: list[Example], max_items: int
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
-    prompts = [_prompt_text(tokenizer, e) for e in items]
+    prompts = [prompt_text(tokenizer, e) for e in items]
     max_new = max(len(tokenizer(e.target or "").input_ids) for e in items) + 4
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(prompts), 32):
-            batch = tokenizer(prompts[start : start + 32], return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**batch, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            batch = tokenizer(
+                prompts[start : start + 32], return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            out = model.generate(
+                **batch, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             texts = tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
             for text, example in zip(texts, items[start : start + 32], strict=True):
                 correct += int(text.strip() == (example.target or "").strip())
     return correct / len(items)
 
 
-def _prompt_text(tokenizer: object, example: Example) -> str:
+def prompt_text(tokenizer: object, example: Example) -> str:
+    """The prompt exactly as the model saw it in training: chat template plus generation prompt, or raw text."""
     if example.prompt_messages is not None:
         return tokenizer.apply_chat_template(  # type: ignore[attr-defined,no-any-return]
             example.prompt_messages, tokenize=False, add_generation_prompt=True

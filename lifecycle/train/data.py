@@ -67,15 +67,25 @@ def _convert(row: Any, fmt: DataFormat, default_id: str) -> Example:
     if fmt == "messages":
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ValueError("messages: expected a non-empty list of {role, content} turns (format 'messages')")
+            raise ValueError(
+                "messages: expected a non-empty list of {role, content} turns (format 'messages')"
+            )
         for i, turn in enumerate(messages):
-            if not isinstance(turn, dict) or turn.get("role") not in _ROLES or not isinstance(turn.get("content"), str):
-                raise ValueError(f"messages.{i}: expected {{role: system|user|assistant|tool, content: text}}")
+            if (
+                not isinstance(turn, dict)
+                or turn.get("role") not in _ROLES
+                or not isinstance(turn.get("content"), str)
+            ):
+                raise ValueError(
+                    f"messages.{i}: expected {{role: system|user|assistant|tool, content: text}}"
+                )
         if messages[-1]["role"] != "assistant":
             raise ValueError("messages: the last turn must be the assistant's answer (it is what is learned)")
         prompt = [dict(t) for t in messages[:-1]]
         completion = [dict(messages[-1])]
-        return Example(row_id, {"prompt": prompt, "completion": completion}, prompt, None, messages[-1]["content"])
+        return Example(
+            row_id, {"prompt": prompt, "completion": completion}, prompt, None, messages[-1]["content"]
+        )
     if fmt == "prompt_completion":
         prompt, completion = row.get("prompt"), row.get("completion")
         for key, value in (("prompt", prompt), ("completion", completion)):

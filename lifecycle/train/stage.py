@@ -1,7 +1,7 @@
 """The training stage, seen from the user's machine: prepare the run, launch the worker, check and record it.
 
-    prepare(loaded recipe) -> RunDir        run directory with the recipe, its data and an MLflow run
-    run(RunDir) -> TrainResult              launch (local | sky), verify the weights, log everything to MLflow
+prepare(loaded recipe) -> RunDir        run directory with the recipe, its data and an MLflow run
+run(RunDir) -> TrainResult              launch (local | sky), verify the weights, log everything to MLflow
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir:
     """Create a self-contained run directory and its MLflow run. Checks every data row first: a bad row
     stops here, before anything is written."""
     recipe = loaded.recipe
-    examples = {split: load_examples(path, recipe.data.format) for split, path in data_files(recipe.data).items()}
+    examples = {
+        split: load_examples(path, recipe.data.format) for split, path in data_files(recipe.data).items()
+    }
     run_id = new_run_id(recipe.name)
     run = RunDir(runs_dir / run_id)
     tmp = RunDir(runs_dir / f".{run_id}.tmp")
@@ -96,7 +98,9 @@ def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir:
     tracker.set_tags(mlflow_run, {f"version.{k}": v for k, v in library_versions().items()})
     tracker.log_artifact(mlflow_run, tmp.path / "recipe.source.yaml", "recipe")
     tracker.log_artifact(mlflow_run, tmp.recipe_path, "recipe")
-    manifest.write_json_atomic(tmp.path / "data_stats.json", {k: v.model_dump() for k, v in data_stats.items()})
+    manifest.write_json_atomic(
+        tmp.path / "data_stats.json", {k: v.model_dump() for k, v in data_stats.items()}
+    )
     tmp.write_info(
         RunInfo(
             run_id=run_id,
@@ -175,7 +179,9 @@ def _read_worker(output: Path) -> WorkerResult:
     return WorkerResult.model_validate_json(path.read_text())
 
 
-def _record(tracker: Tracker, mlflow_run: str, run: RunDir, result: TrainResult, worker: WorkerResult) -> None:
+def _record(
+    tracker: Tracker, mlflow_run: str, run: RunDir, result: TrainResult, worker: WorkerResult
+) -> None:
     rows: dict[tuple[str, int], float] = {}
     metrics_path = run.train_dir / "metrics.jsonl"
     if metrics_path.is_file():
@@ -183,8 +189,12 @@ def _record(tracker: Tracker, mlflow_run: str, run: RunDir, result: TrainResult,
             entry = json.loads(line)
             for key, value in entry.items():
                 if key not in ("step", "time"):
-                    rows[(f"train.{key}", int(entry["step"]))] = float(value)  # a resumed step's last value wins
-    tracker.log_metrics(mlflow_run, [(k, v, s) for (k, s), v in sorted(rows.items(), key=lambda kv: kv[0][1])])
+                    rows[(f"train.{key}", int(entry["step"]))] = float(
+                        value
+                    )  # a resumed step's last value wins
+    tracker.log_metrics(
+        mlflow_run, [(k, v, s) for (k, s), v in sorted(rows.items(), key=lambda kv: kv[0][1])]
+    )
     final = {
         "train.steps": result.steps,
         "train.final_loss": result.final_loss,

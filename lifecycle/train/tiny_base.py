@@ -1,9 +1,10 @@
-"""The built-in base model: a tiny Llama, built locally from seeded data, the project's stand-in for a real checkpoint.
+"""The built-in base model: a tiny Llama built locally from seeded data, our stand-in for a real checkpoint.
 
-No model hub is reachable here, so tests and the demo need a base model they can make themselves. The folder this
-writes looks like any Llama/Qwen checkpoint on disk (bf16 safetensors, a fast BPE tokenizer with a chat template,
-generation config), so every later stage treats it as a real model. It is pre-trained for a few seconds on
-`demo_data.pretraining_corpus`, because LoRA cannot learn on a random base. Builds are deterministic and cached.
+No model hub is reachable here, so tests and the demo need a base model they can make themselves. The folder
+this writes looks like any Llama/Qwen checkpoint on disk (bf16 safetensors, a fast BPE tokenizer with a chat
+template, a generation config), so every later stage treats it as a real model. It is pre-trained for a few
+seconds on `demo_data.pretraining_corpus`, because LoRA cannot learn on a random base. Builds are
+deterministic and cached.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 
 from lifecycle.train import demo_data
 
-# Bump when the build logic changes in a way the parameters below do not capture: it invalidates every cache entry.
+# Bump when the build changes in a way the settings below do not capture: it invalidates every cache entry.
 BUILDER_VERSION = 1
 
 BOS, EOT, PAD = "<|bos|>", "<|eot|>", "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-# ChatML-like. Each turn ends with EOT, which is also the EOS token, so generation stops right after the answer.
-# The assistant turn is wrapped in generation markers so trl's assistant_only_loss can mask it as well.
+# ChatML-like. Each turn ends with EOT, which is also the EOS token, so generation stops right after the
+# answer. The assistant turn sits in generation markers, so trl's assistant_only_loss can mask it as well.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -49,17 +50,26 @@ ARCH: dict[str, Any] = {
     "tie_word_embeddings": True,
     "rms_norm_eps": 1e-5,
 }
-TRAINING: dict[str, Any] = {"vocab_size": 1536, "block": 128, "batch": 16, "steps": 360, "lr": 3e-3, "warmup": 30}
+TRAINING: dict[str, Any] = {
+    "vocab_size": 1536,
+    "block": 128,
+    "batch": 8,
+    "steps": 200,
+    "lr": 3e-3,
+    "warmup": 30,
+}
 
 
-def _corpus(seed: int) -> tuple[list[str], list[list[dict[str, str]]]]:
-    return demo_data.pretraining_corpus(seed), demo_data.fact_dialogues(seed)
+def _sources(seed: int) -> tuple[list[str], list[list[dict[str, str]]], list[str]]:
+    """Pre-training text, pre-training chats, and extra text the tokenizer alone sees (the demo tickets)."""
+    tickets = [row["messages"][1]["content"] for row in demo_data.make_tickets(500, seed)]
+    extra = [*tickets, demo_data.SYSTEM_PROMPT, *demo_data.LABELS]
+    return demo_data.pretraining_corpus(seed), demo_data.fact_dialogues(seed), extra
 
 
 def cache_key(seed: int = 0) -> str:
-    """Hash of everything the weights depend on: builder version, seed, architecture, training settings, corpus."""
-    texts, chats = _corpus(seed)
-    corpus = hashlib.sha256(json.dumps([texts, chats, demo_data.SYSTEM_PROMPT, CHAT_TEMPLATE]).encode()).hexdigest()
+    """Hash of all the weights depend on: builder version, seed, architecture, training settings, corpus."""
+    corpus = hashlib.sha256(json.dumps([_sources(seed), CHAT_TEMPLATE]).encode()).hexdigest()
     spec = {"version": BUILDER_VERSION, "seed": seed, "arch": ARCH, "training": TRAINING, "corpus": corpus}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -67,12 +77,12 @@ def cache_key(seed: int = 0) -> str:
 def build_tiny_llama(cache_root: Path, seed: int = 0) -> Path:
     """Return the folder of the tiny base for `seed`, building it (~30 s on 2 cores) unless already cached.
 
-    The model is built in a hidden sibling folder and renamed into place, so a folder at the returned path is always
-    complete; concurrent builders race harmlessly (the first rename wins, the other discards its copy).
+    The model is built in a hidden sibling folder and renamed into place, so a folder at the returned path is
+    always complete; concurrent builders race harmlessly (the first rename wins, the other drops its copy).
     """
     cache_root = Path(cache_root)
     final = cache_root / f"tiny-llama-{cache_key(seed)[:12]}"
-    if final.is_dir():
+    if (final / "config.json").is_file():
         return final
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = cache_root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -81,7 +91,7 @@ def build_tiny_llama(cache_root: Path, seed: int = 0) -> Path:
         try:
             os.replace(tmp, final)
         except OSError:
-            if not final.is_dir():  # not a lost race: a real failure
+            if not (final / "config.json").is_file():  # not a lost race: a real failure
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -132,7 +142,7 @@ def _deterministic_torch(seed: int) -> Any:
 
 
 def _blocks(tokenizer: Any, texts: list[str], chats: list[list[dict[str, str]]], seed: int) -> Any:
-    """Pack documents (BOS text EOT, and rendered chats) into one stream cut into fixed-size training blocks."""
+    """Pack documents (BOS text EOT, and rendered chats) into one stream cut into fixed-size blocks."""
     import torch
 
     docs = [BOS + text + EOT for text in texts]
@@ -156,13 +166,13 @@ def _pretrain(model: Any, blocks: Any, seed: int) -> None:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(blocks), generator=gen)
+    order, pos = torch.randperm(len(blocks), generator=gen), 0
     model.train()
-    for step in range(steps):
-        start = step * batch % len(blocks)
-        if start + batch > len(blocks):  # next epoch: a fresh seeded order
-            order, start = torch.randperm(len(blocks), generator=gen), 0
-        x = blocks[order[start : start + batch]]
+    for _ in range(steps):
+        if pos + batch > len(blocks):  # next epoch, in a fresh seeded order
+            order, pos = torch.randperm(len(blocks), generator=gen), 0
+        x = blocks[order[pos : pos + batch]]
+        pos += batch
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -176,15 +186,15 @@ def _build(out: Path, seed: int) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    texts, chats = _corpus(seed)
-    tickets = [row["messages"][1]["content"] for row in demo_data.make_tickets(500, seed)]
-    tokenizer = _train_tokenizer([*texts, *tickets, demo_data.SYSTEM_PROMPT, *demo_data.LABELS])
+    texts, chats, extra = _sources(seed)
+    tokenizer = _train_tokenizer([*texts, *extra])
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     ids["pad_token_id"] = tokenizer.pad_token_id
     config = LlamaConfig(vocab_size=-(-len(tokenizer) // 64) * 64, **ARCH, **ids)
     with _deterministic_torch(seed):
-        model = LlamaForCausalLM(config)
+        model: Any = LlamaForCausalLM(config)
         _pretrain(model, _blocks(tokenizer, texts, chats, seed), seed)
     model.generation_config = GenerationConfig(**ids)
     model.to(torch.bfloat16).save_pretrained(out)  # bf16 on disk, as real checkpoints ship
-    tokenizer.save_pretrained(out)
+    # The chat template goes inside tokenizer_config.json (the older layout), which every reader understands.
+    tokenizer.save_pretrained(out, save_jinja_files=False)

@@ -214,7 +214,9 @@ class _CommitAndLog(TrainerCallback):  # type: ignore[misc]
             checkpoints.commit(folder)
             checkpoints.prune(folder.parent, self.keep)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
         if not state.is_world_process_zero or not logs:
             return
         row = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}

@@ -66,7 +66,9 @@ def run_worker(recipe_path: Path, output: Path, cache_dir: Path, progress: Any |
         base_model_dir=str(base_dir),
         base_manifest_digest=manifest.compute(base_dir).digest,
         model_manifest_digest=manifest.verify(model_dir).digest,
-        adapter_manifest_digest=None if isinstance(recipe.method, FullMethod) else manifest.verify(adapter).digest,
+        adapter_manifest_digest=None
+        if isinstance(recipe.method, FullMethod)
+        else manifest.verify(adapter).digest,
         steps=fitted.steps,
         resumed_from_step=fitted.resumed_from_step,
         final_loss=fitted.final_loss,
