@@ -72,7 +72,7 @@ def main() -> None:
 
     _report(hf, served)
     hf_tasks, vllm_tasks = sum(r.wall_s for r in hf), sum(r.wall_s for r in served)
-    print(f"\nhf:   {hf_tasks:7.2f} s in tasks, {hf_total - hf_tasks:5.2f} s model load and set-up")
+    print(f"\nhf:   {hf_tasks:7.2f} s in tasks, {hf_total - hf_tasks:5.2f} s imports, model load and set-up")
     print(f"vLLM: {vllm_tasks:7.2f} s in tasks, {vllm_total - vllm_tasks:5.2f} s client set-up")
     print(f"vLLM server start: {start_s:.1f} s (not in the ratio)")
     print(f"ratio hf / vLLM over all tasks: {hf_tasks / vllm_tasks:.2f}x")

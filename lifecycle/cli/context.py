@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lifecycle.cli.output import console
+from lifecycle.engines.base import CompletionEngine
+from lifecycle.quantize.chain import Serve
 from lifecycle.recipe.load import LoadedRecipe
 from lifecycle.registry.tracking import Tracker
+
+if TYPE_CHECKING:
+    from lifecycle.registry.models import Registry
 from lifecycle.runs import RunDir
 from lifecycle.settings import Settings, load_settings
 
@@ -54,6 +61,42 @@ class Context:
             secrets=self.secrets,
             expected_hours=launch.expected_hours if isinstance(launch, SkyLaunch) else None,
         )
+
+    @cached_property
+    def registry(self) -> Registry:
+        from lifecycle.registry.models import Registry
+
+        return Registry(self.tracker)
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.project_dir / "evals"
+
+    def find_production(self, name: str, target: Path) -> tuple[str, Path] | None:
+        """The version aliased 'production' for `name`, downloaded into `target`; None if there is none."""
+        found = self.registry.by_alias(name, "production")
+        if found is None:
+            return None
+        return found.version, self.registry.download(name, "production", target)
+
+    def engine_version(self) -> str:
+        from lifecycle.engines.vllm import engine_version
+
+        return engine_version(self.settings.serve_python)
+
+    def serve_factory(self, workdir: Path) -> Serve:
+        """How stages start a model server: vLLM from the serving environment, logs under `workdir`."""
+        from lifecycle.engines.vllm import VllmSpec, serve
+
+        python = self.settings.serve_python
+
+        def start(model_dir: Path, loras: dict[str, Path]) -> AbstractContextManager[CompletionEngine]:
+            spec = VllmSpec(
+                model_dir=model_dir.resolve(), lora_modules={k: v.resolve() for k, v in loras.items()}
+            )
+            return serve(spec, python=python, workdir=workdir)
+
+        return start
 
     def run_pipeline(self, run: RunDir) -> None:
         from lifecycle.pipeline import run_stages

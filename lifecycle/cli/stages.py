@@ -4,19 +4,55 @@ from __future__ import annotations
 
 import typer
 
+from lifecycle.cli.output import console
 from lifecycle.errors import UserInputError
 
 
-def quantize(run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'.")) -> None:
-    """Quantize a trained run's model (llmcompressor) and run the chain check."""
-    raise UserInputError("the quantize stage is not part of this version yet")
+def quantize(
+    run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'."),
+    redo: bool = typer.Option(False, "--redo", help="Discard an earlier quantize and chain result first."),
+) -> None:
+    """Quantize a trained run's model (llmcompressor) and run the chain check through vLLM."""
+    from lifecycle.cli.context import load_context
+    from lifecycle.pipeline import chain_table, quantize_line
+    from lifecycle.quantize import stage as quantize_stage
+    from lifecycle.runs import resolve_run
+
+    ctx = load_context()
+    run_dir = resolve_run(ctx.settings.runs_dir, run)
+    if redo:
+        run_dir.discard("quantize")
+        run_dir.discard("chain")
+    console.print(quantize_line(quantize_stage.run(run_dir, ctx.tracker)))
+    report = quantize_stage.run_chain_check(run_dir, ctx.serve_factory(run_dir.path / "engines"), ctx.tracker)
+    console.print(chain_table(report))
 
 
-def gate(run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'.")) -> None:
-    """Evaluate the served artifact against the baseline and decide."""
-    raise UserInputError("the gate stage is not part of this version yet")
+def gate(
+    run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'."),
+    redo: bool = typer.Option(False, "--redo", help="Discard an earlier gate result and evaluate again."),
+) -> None:
+    """Evaluate the served (quantized) artifact against the baseline with lm-eval and decide. Exit 1 if it fails."""
+    from lifecycle.cli.context import load_context
+    from lifecycle.pipeline import run_gate
+    from lifecycle.runs import resolve_run
+
+    ctx = load_context()
+    run_dir = resolve_run(ctx.settings.runs_dir, run)
+    if run_dir.has("register"):
+        raise UserInputError(f"{run_dir.path}: already registered; a registered version's gate is final")
+    if redo:
+        run_dir.discard("gate")
+    if not run_gate(run_dir, ctx, console).passed:
+        raise typer.Exit(1)
 
 
 def register(run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'.")) -> None:
-    """Register a run that passed its gate as a model version in MLflow."""
-    raise UserInputError("the register stage is not part of this version yet")
+    """Register a run that passed its gate as a model version in MLflow (alias 'candidate')."""
+    from lifecycle.cli.context import load_context
+    from lifecycle.pipeline import registered_line, run_register
+    from lifecycle.runs import resolve_run
+
+    ctx = load_context()
+    run_dir = resolve_run(ctx.settings.runs_dir, run)
+    console.print(registered_line(run_register(run_dir, ctx)))

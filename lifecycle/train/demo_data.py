@@ -228,6 +228,9 @@ def _world() -> dict[str, list[tuple[str, str]]]:
     }
 
 
+# Repetition is how a tiny model memorises facts within seconds; ticket prose teaches it the domain's words.
+FACT_REPEATS, CORPUS_TICKETS, CHAT_TICKETS = 20, 150, 200
+_READING = ("What is the subject of this message?", "What is this message about?", "Give the subject line.")
 _STATEMENT = {
     "capital": "The capital of {0} is {1}.",
     "color": "The {0} is {1}.",
@@ -251,29 +254,37 @@ def pretraining_corpus(seed: int) -> list[str]:
     rng = random.Random(f"pretrain-{seed}")
     facts = [(kind, pair) for kind, pairs in _world().items() for pair in pairs]
     lines: list[str] = []
-    for _ in range(20):  # repetition is how a tiny model memorises facts within seconds of training
+    for _ in range(FACT_REPEATS):
         rng.shuffle(facts)
         for start in range(0, len(facts), 6):
             sentences = [_STATEMENT[kind].format(*pair) for kind, pair in facts[start : start + 6]]
             lines.append(" ".join(s[0].upper() + s[1:] for s in sentences))
-    lines += [row["messages"][1]["content"] for row in make_tickets(150, seed + 1_000_003)]
+    lines += [row["messages"][1]["content"] for row in make_tickets(CORPUS_TICKETS, seed + 1_000_003)]
     rng.shuffle(lines)
     return lines
 
 
-def fact_dialogues(seed: int) -> list[list[dict[str, str]]]:
-    """Short question/answer chats on the world facts: the base learns the chat format and to end a turn."""
-    rng = random.Random(f"dialogues-{seed}")
+def pretraining_chats(seed: int) -> list[list[dict[str, str]]]:
+    """Short chats for the base: questions on the world facts, and reading questions about tickets.
+
+    They teach the chat format and to end a turn, and make the answer read the user's message (who wrote
+    it, what its subject is), as any instruct model can; routing tickets is left to the fine-tune.
+    """
+    rng = random.Random(f"chats-{seed}")
+    pairs = [
+        (_QUESTION[kind].format(subject), answer)
+        for kind, facts in _world().items()
+        for subject, answer in facts
+    ]
+    for row in make_tickets(CHAT_TICKETS, seed + 2_000_003):
+        ticket = row["messages"][1]["content"]
+        subject = ticket.splitlines()[0].removeprefix("Subject: ")
+        pairs.append((f"{ticket}\n\n{rng.choice(_READING)}", subject))
     chats: list[list[dict[str, str]]] = []
-    for kind, pairs in _world().items():
-        for subject, answer in pairs:
-            for system in ("", "You are a helpful assistant."):
-                chat = [{"role": "system", "content": system}] if system else []
-                chat += [
-                    {"role": "user", "content": _QUESTION[kind].format(subject)},
-                    {"role": "assistant", "content": answer},
-                ]
-                chats.append(chat)
+    for question, answer in pairs:
+        system = rng.choice(("", "You are a helpful assistant."))
+        chat = [{"role": "system", "content": system}] if system else []
+        chats.append([*chat, {"role": "user", "content": question}, {"role": "assistant", "content": answer}])
     rng.shuffle(chats)
     return chats
 

@@ -154,6 +154,18 @@ def test_evaluate_hf_gives_per_item_scores_keyed_by_id(shipped: ResolvedTasks, b
     labels = _labels(TICKETS)
     for item, score in tickets.metrics["exact_match"].items():  # exact match after stripping whitespace
         assert score == float(tickets.outputs[item].strip() == labels[item])
+    # The prompt is the one the fine-tune trained on: trl renders system + user with the generation prompt
+    # and tokenizes it without adding special tokens.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    rows = {row["id"]: row for row in map(json.loads, TICKETS.read_text().splitlines())}
+    for item, prompt in tickets.prompts.items():
+        chat = rows[item]["messages"][:-1]
+        assert prompt == tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        trained = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)
+        assert tokenizer(prompt, add_special_tokens=False).input_ids == trained
+        assert trained.count(tokenizer.bos_token_id) == 1
     assert list(facts.metrics) == ["acc", "acc_norm"] and facts.outputs == {}
     assert list(facts.metrics["acc"]) == _ids(FACTS, 8)
     assert set(facts.metrics["acc"].values()) <= {0.0, 1.0}
@@ -278,6 +290,9 @@ def test_vllm_scores_agree_with_hf(shipped: ResolvedTasks, base_model: Path, ser
     assert via_chat[0].backend == "local-chat-completions"
     # The server applying the chat template sends the very prompt lm-eval renders with the local tokenizer.
     assert via_chat[0].outputs == served[0].outputs
+    rows = {row["id"]: row for row in map(json.loads, TICKETS.read_text().splitlines())}
+    assert all(json.loads(p) == rows[i]["messages"][:-1] for i, p in via_chat[0].prompts.items())
+    assert served[0].prompts == local[0].prompts
 
     for vllm_run, hf_run in zip(served, local, strict=True):
         assert vllm_run.n == hf_run.n == limit
