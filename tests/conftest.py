@@ -65,3 +65,21 @@ def lora_run(prepared_run, lifecycle_home: Path):  # type: ignore[no-untyped-def
 def full_run(prepared_run, lifecycle_home: Path):  # type: ignore[no-untyped-def]
     """A finished full fine-tune of the tiny model."""
     return _train(prepared_run, lifecycle_home, "full", [*FAST, "method={kind: full}", "training.learning_rate=3e-4"])
+
+
+@pytest.fixture(scope="session")
+def serve_python() -> Path:
+    python = REPO / ".venv-serve" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"the serving environment is missing ({python}): run `make setup`")
+    return python
+
+
+@pytest.fixture(scope="session")
+def serve_factory(serve_python: Path):  # type: ignore[no-untyped-def]
+    """What the CLI hands the stages: start a vLLM server from the serving environment, stop it on exit."""
+    from lifecycle.cli.context import Context
+    from lifecycle.settings import load_settings
+
+    settings = load_settings({"LIFECYCLE_SERVE_PYTHON": str(serve_python)}, cwd=REPO)
+    return Context(settings=settings, project_dir=REPO).serve_factory
