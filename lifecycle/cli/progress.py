@@ -6,6 +6,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -29,7 +30,7 @@ class TrainProgress:
             console=console,
             transient=False,
         )
-        self._task: int | None = None
+        self._task: TaskID | None = None
         self._step = 0
 
     def begin(self, total: int, done: int) -> None:

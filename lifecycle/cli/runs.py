@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -16,7 +17,7 @@ def runs(as_json: bool = typer.Option(False, "--json", help="Machine-readable ou
     from lifecycle.settings import load_settings
 
     settings = load_settings()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for run in list_runs(settings.runs_dir):
         info = run.info()
         stages = [s for s in ("train", "quantize", "chain", "gate", "register") if run.has(s)]

@@ -33,7 +33,7 @@ def train(
         loaded = load_recipe(run.recipe_path)
     else:
         loaded = load_recipe(recipe, overrides)
-        run = train_stage.find_resumable(ctx.settings.runs_dir, loaded.recipe.name) if resume else None
+        run = train_stage.find_resumable(ctx.settings.runs_dir, loaded.recipe.name) if resume else None  # type: ignore[assignment]
         if resume and run is None:
             raise UserInputError(
                 f"--resume: no unfinished run of recipe {loaded.recipe.name!r} under {ctx.settings.runs_dir}"

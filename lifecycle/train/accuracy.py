@@ -35,7 +35,7 @@ def generation_accuracy(model_dir: Path, examples: list[Example], max_items: int
             batch = tokenizer(
                 prompts[start : start + 32], return_tensors="pt", padding=True, add_special_tokens=False
             )
-            out = model.generate(
+            out = model.generate(  # type: ignore[misc]
                 **batch, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
             texts = tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
@@ -47,7 +47,7 @@ def generation_accuracy(model_dir: Path, examples: list[Example], max_items: int
 def prompt_text(tokenizer: object, example: Example) -> str:
     """The prompt exactly as the model saw it in training: chat template plus generation prompt, or raw text."""
     if example.prompt_messages is not None:
-        return tokenizer.apply_chat_template(  # type: ignore[attr-defined,no-any-return]
+        return tokenizer.apply_chat_template(  # type: ignore[attr-defined]
             example.prompt_messages, tokenize=False, add_generation_prompt=True
         )
     return example.prompt_text or ""

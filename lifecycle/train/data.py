@@ -87,11 +87,12 @@ def _convert(row: Any, fmt: DataFormat, default_id: str) -> Example:
             row_id, {"prompt": prompt, "completion": completion}, prompt, None, messages[-1]["content"]
         )
     if fmt == "prompt_completion":
-        prompt, completion = row.get("prompt"), row.get("completion")
-        for key, value in (("prompt", prompt), ("completion", completion)):
-            if not isinstance(value, str):
-                raise ValueError(f"{key}: expected a string (format 'prompt_completion')")
-        return Example(row_id, {"prompt": prompt, "completion": completion}, None, prompt, completion)
+        text_prompt, text_completion = row.get("prompt"), row.get("completion")
+        if not isinstance(text_prompt, str) or not isinstance(text_completion, str):
+            raise ValueError("prompt, completion: expected two strings (format 'prompt_completion')")
+        return Example(
+            row_id, {"prompt": text_prompt, "completion": text_completion}, None, text_prompt, text_completion
+        )
     text = row.get("text")
     if not isinstance(text, str) or not text:
         raise ValueError("text: expected a non-empty string (format 'text')")

@@ -230,7 +230,21 @@ def _world() -> dict[str, list[tuple[str, str]]]:
 
 # Repetition is how a tiny model memorises facts within seconds; ticket prose teaches it the domain's words.
 FACT_REPEATS, CORPUS_TICKETS, CHAT_TICKETS = 20, 150, 200
-_READING = ("What is the subject of this message?", "What is this message about?", "Give the subject line.")
+# What a support agent answers; these never name the routing labels.
+_REPLIES = {
+    "billing": ("Sorry about the wrong charge. Our finance team will correct your invoice within two days.",
+                "I have checked your payment and we will send you a corrected invoice today."),
+    "technical": ("Thanks for the details. Please update the app; our engineers are fixing this error.",
+                  "Sorry for the trouble. Could you send us a screenshot of the error so we can debug it?"),
+    "account": ("For your security, please use the link we just sent to verify your identity and sign in.",
+                "I have reset your login, so you can now set a new password from the sign-in page."),
+    "shipping": ("I checked with the carrier: your parcel is on its way and tracking will update soon.",
+                 "Sorry for the delay. We have asked the courier to deliver your package this week."),
+    "refund": ("Your return is approved, and the money goes back to your card within five days.",
+               "I have cancelled it for you, and you will get the full amount back this week."),
+    "feedback": ("Thank you for your kind words! I have shared your note with the whole team.",
+                 "Thanks for the idea. I have passed it to our product designers."),
+}  # fmt: skip
 _STATEMENT = {
     "capital": "The capital of {0} is {1}.",
     "color": "The {0} is {1}.",
@@ -265,21 +279,20 @@ def pretraining_corpus(seed: int) -> list[str]:
 
 
 def pretraining_chats(seed: int) -> list[list[dict[str, str]]]:
-    """Short chats for the base: questions on the world facts, and reading questions about tickets.
+    """Short chats for the base: questions on the world facts, and agent replies to tickets.
 
-    They teach the chat format and to end a turn, and make the answer read the user's message (who wrote
-    it, what its subject is), as any instruct model can; routing tickets is left to the fine-tune.
+    They teach the chat format and to end a turn, and make the answer depend on what the customer wrote, as
+    any instruct model's would; the routing labels and their format are left for the fine-tune to teach.
     """
     rng = random.Random(f"chats-{seed}")
     pairs = [
         (_QUESTION[kind].format(subject), answer)
         for kind, facts in _world().items()
         for subject, answer in facts
+        for _ in range(2)
     ]
     for row in make_tickets(CHAT_TICKETS, seed + 2_000_003):
-        ticket = row["messages"][1]["content"]
-        subject = ticket.splitlines()[0].removeprefix("Subject: ")
-        pairs.append((f"{ticket}\n\n{rng.choice(_READING)}", subject))
+        pairs.append((row["messages"][1]["content"], rng.choice(_REPLIES[row["messages"][2]["content"]])))
     chats: list[list[dict[str, str]]] = []
     for question, answer in pairs:
         system = rng.choice(("", "You are a helpful assistant."))

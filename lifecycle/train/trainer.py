@@ -81,6 +81,7 @@ def fit(
     n_params = sum(p.numel() for p in model.parameters())
 
     ckpt_dir = output / "checkpoints"
+    flags = precision_flags(spec, hw)
     resume = checkpoints.latest_committed(ckpt_dir)
     config = SFTConfig(
         output_dir=str(ckpt_dir),
@@ -104,7 +105,8 @@ def fit(
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
-        **precision_flags(spec, hw),
+        bf16=flags["bf16"],
+        fp16=flags["fp16"],
     )
     peft_config = _peft_config(recipe) if isinstance(recipe.method, LoraMethod) else None
     trainer = SFTTrainer(
@@ -136,7 +138,7 @@ def _peft_config(recipe: Recipe) -> Any:
     assert isinstance(method, LoraMethod)
     return LoraConfig(
         r=method.r,
-        lora_alpha=method.alpha,
+        lora_alpha=method.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
         lora_dropout=method.dropout,
         target_modules=method.target_modules,
         task_type="CAUSAL_LM",
@@ -190,7 +192,7 @@ def _last_loss(history: list[dict[str, Any]]) -> float | None:
     return None
 
 
-class _CommitAndLog(TrainerCallback):  # type: ignore[misc]
+class _CommitAndLog(TrainerCallback):
     """Seals each saved checkpoint (manifest, then marker), prunes old ones, and appends metrics as JSON lines."""
 
     def __init__(self, metrics_path: Path, keep: int, progress: Any | None):
