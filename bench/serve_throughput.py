@@ -37,14 +37,19 @@ def prompts_for(model_dir: Path, n: int) -> list[str]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = [json.loads(line) for line in (REPO / "recipes/data/support-tickets/eval.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (REPO / "recipes/data/support-tickets/eval.jsonl").read_text().splitlines()
+    ]
     return [
         tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
         for r in (rows * (n // len(rows) + 1))[:n]
     ]
 
 
-def measure(model_dir: Path, prompts: list[str], concurrency: int, max_tokens: int, python: Path, work: Path) -> dict:
+def measure(
+    model_dir: Path, prompts: list[str], concurrency: int, max_tokens: int, python: Path, work: Path
+) -> dict:
     from lifecycle.engines.vllm import VllmSpec, serve
 
     started = time.perf_counter()
@@ -64,7 +69,9 @@ def measure(model_dir: Path, prompts: list[str], concurrency: int, max_tokens: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", help="a run id or 'latest': uses its merged model")
     parser.add_argument("--model", type=Path, help="or any merged bf16 model folder")
     parser.add_argument("--schemes", default="FP8_DYNAMIC,W4A16")
@@ -86,11 +93,15 @@ def main() -> None:
         models = quantized_copies(merged, Path(tmp), args.schemes.split(","))
         prompts = prompts_for(merged, args.requests)
         results = {
-            name: measure(path, prompts, args.concurrency, args.max_tokens, args.serve_python, Path(tmp) / "logs")
+            name: measure(
+                path, prompts, args.concurrency, args.max_tokens, args.serve_python, Path(tmp) / "logs"
+            )
             for name, path in models.items()
         }
     base = results["bf16"]["tok_per_s"]
-    print(f"{args.requests} requests, concurrency {args.concurrency}, up to {args.max_tokens} tokens, model {merged}")
+    print(
+        f"{args.requests} requests, concurrency {args.concurrency}, up to {args.max_tokens} tokens, model {merged}"
+    )
     print(f"{'artifact':<12} {'start s':>8} {'wall s':>8} {'tokens':>7} {'tok/s':>9} {'vs bf16':>8}")
     for name, r in results.items():
         print(

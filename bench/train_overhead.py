@@ -65,7 +65,9 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "demo.yaml"))
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=1)
@@ -79,17 +81,35 @@ def main() -> None:
     if not isinstance(recipe.method, LoraMethod):
         sys.exit("this benchmark compares LoRA recipes")
     cache = REPO / "mlruns" / "cache"
-    base = resolve_base(recipe.model, cache)  # built (or found) before timing: both sides start from the same folder
+    base = resolve_base(
+        recipe.model, cache
+    )  # built (or found) before timing: both sides start from the same folder
     t = recipe.training
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     plain, platform = [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             plain.append(
                 timed(
-                    [sys.executable, "-c", PLAIN, str(base), str(recipe.data.train), tmp, str(args.steps),
-                     str(t.learning_rate), str(t.batch_size), str(t.max_length), str(t.seed),
-                     str(recipe.method.r), str(recipe.method.alpha)],
+                    [
+                        sys.executable,
+                        "-c",
+                        PLAIN,
+                        str(base),
+                        str(recipe.data.train),
+                        tmp,
+                        str(args.steps),
+                        str(t.learning_rate),
+                        str(t.batch_size),
+                        str(t.max_length),
+                        str(t.seed),
+                        str(recipe.method.r),
+                        str(recipe.method.alpha),
+                    ],
                     env,
                 )
             )
@@ -100,7 +120,9 @@ def main() -> None:
     print(f"recipe {args.recipe}, {args.steps} steps, best of {args.repeats}")
     print(f"  plain trl script          {best_plain:8.1f} s")
     print(f"  lifecycle training stage  {best_platform:8.1f} s")
-    print(f"  ratio (platform / plain)  {best_platform / best_plain:8.2f}x   overhead {best_platform - best_plain:+.1f} s")
+    print(
+        f"  ratio (platform / plain)  {best_platform / best_plain:8.2f}x   overhead {best_platform - best_plain:+.1f} s"
+    )
 
 
 if __name__ == "__main__":

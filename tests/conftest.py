@@ -64,7 +64,9 @@ def lora_run(prepared_run, lifecycle_home: Path):  # type: ignore[no-untyped-def
 @pytest.fixture(scope="session")
 def full_run(prepared_run, lifecycle_home: Path):  # type: ignore[no-untyped-def]
     """A finished full fine-tune of the tiny model."""
-    return _train(prepared_run, lifecycle_home, "full", [*FAST, "method={kind: full}", "training.learning_rate=3e-4"])
+    return _train(
+        prepared_run, lifecycle_home, "full", [*FAST, "method={kind: full}", "training.learning_rate=3e-4"]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,10 @@ def test_written_manifest_verifies_and_has_a_stable_digest(tmp_path: Path) -> No
         (lambda f: (f / "config.json").write_text('{"x": 1}'), "changed: config.json"),
         (lambda f: (f / "sub" / "tokenizer.json").unlink(), "missing: sub/tokenizer.json"),
         (lambda f: (f / "extra.bin").write_bytes(b"1"), "unexpected: extra.bin"),
-        (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 999 + b"\x01"), "changed: model.safetensors"),
+        (
+            lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 999 + b"\x01"),
+            "changed: model.safetensors",
+        ),
     ],
 )
 def test_verify_names_what_changed(tmp_path: Path, damage, words: str) -> None:  # type: ignore[no-untyped-def]

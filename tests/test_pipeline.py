@@ -49,7 +49,12 @@ def test_gate_passes_the_real_improvement_and_reports_every_rule(gated: GateResu
     assert ("support-tickets", "improve") in rules and ("general-facts", "no_regress") in rules
     assert any(r.rule == "quant_recovery" for r in gated.verdict.rules)
     tickets = next(r for r in gated.verdict.rules if r.task == "support-tickets" and r.rule == "improve")
-    assert tickets.delta is not None and tickets.delta > 0.5 and tickets.p_value is not None and tickets.p_value < 1e-6
+    assert (
+        tickets.delta is not None
+        and tickets.delta > 0.5
+        and tickets.p_value is not None
+        and tickets.p_value < 1e-6
+    )
     assert gated.baseline.kind == "base"
     assert Path(gated.report_png).stat().st_size > 1000
     assert "support-tickets" in Path(gated.report_md).read_text()
@@ -77,7 +82,9 @@ def test_registered_version_carries_lineage_and_the_candidate_alias(
     assert run_register(lora_run, ctx) == version  # registering again is a no-op
 
 
-def test_a_failed_gate_registers_nothing(lora_run: RunDir, ctx: Context, gated: GateResult, tmp_path: Path) -> None:
+def test_a_failed_gate_registers_nothing(
+    lora_run: RunDir, ctx: Context, gated: GateResult, tmp_path: Path
+) -> None:
     import shutil
 
     copy = RunDir(tmp_path / "failed")

@@ -170,7 +170,9 @@ def test_a_missing_bucket_is_reported_with_its_line(tmp_path: Path) -> None:
 
 def test_an_override_is_named_as_the_origin(tmp_path: Path) -> None:
     loaded = load_recipe(write_sky_recipe(tmp_path), ["launch.accelerators=B2OO:8"])
-    with pytest.raises(RecipeError, match=r"recipe.yaml: override 'launch.accelerators=B2OO:8': launch.accelerators"):
+    with pytest.raises(
+        RecipeError, match=r"recipe.yaml: override 'launch.accelerators=B2OO:8': launch.accelerators"
+    ):
         dry_run(loaded, console(), backend=stand_in_client(tmp_path)[0], run_dir=tmp_path / "r")
 
 

@@ -40,9 +40,7 @@ def test_judge_fails_a_merge_beyond_tolerance_but_not_quantization_noise() -> No
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_chain_fails_a_wrong_merge(
-    lora_run: RunDir, tmp_path: Path, serve_factory
-) -> None:  # type: ignore[no-untyped-def]
+def test_chain_fails_a_wrong_merge(lora_run: RunDir, tmp_path: Path, serve_factory) -> None:  # type: ignore[no-untyped-def]
     """The wrong merge applies the adapter at twice its scaling: exactly the bug users meet."""
     import torch
     from peft import PeftModel

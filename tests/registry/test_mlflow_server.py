@@ -32,10 +32,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'store.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'store.db'}",
+            "--artifacts-destination",
+            str(root / "art"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -66,7 +82,9 @@ def test_register_alias_and_download_through_a_server(mlflow_server: str, tmp_pa
     tracker = Tracker(mlflow_server)
     registry = Registry(tracker)
     run_id = tracker.start_run("server-test", "r1", {"lifecycle.recipe": "t"})
-    version = registry.register("server-model", run_id, model, {"lifecycle.gate": "passed"}, "desc", "candidate")
+    version = registry.register(
+        "server-model", run_id, model, {"lifecycle.gate": "passed"}, "desc", "candidate"
+    )
     assert version.version == "1"
     assert registry.by_alias("server-model", "candidate") is not None
     assert registry.by_alias("server-model", "production") is None

@@ -19,7 +19,7 @@ import pytest
 from lifecycle import manifest
 from lifecycle.errors import ManifestError, RecipeError
 from lifecycle.launch import checkpoints
-from lifecycle.launch.command import OUTPUT_ENV, worker_argv
+from lifecycle.launch.command import worker_argv
 from lifecycle.launch.local import child_env
 from lifecycle.recipe.load import load_recipe
 from lifecycle.registry.tracking import Tracker
@@ -60,7 +60,9 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(lora_run: RunDir, li
     record = tracker.get_run(info.mlflow_run_id)
     result = lora_run.load("train", TrainResult)
     assert record.params["method.kind"] == "lora"
-    assert record.params["training.learning_rate"] == str(load_recipe(lora_run.recipe_path).recipe.training.learning_rate)
+    assert record.params["training.learning_rate"] == str(
+        load_recipe(lora_run.recipe_path).recipe.training.learning_rate
+    )
     assert record.params["data.train.rows"] == "400"
     assert record.params["data.train.sha256"] == result.data["train"].sha256
     assert record.tags["lifecycle.recipe_sha256"] == info.recipe_sha256
@@ -104,14 +106,20 @@ def test_a_changed_weight_file_stops_later_stages(lora_run: RunDir, tmp_path: Pa
 
 
 def test_killed_run_resumes_from_its_last_committed_checkpoint(
-    prepared_run, lifecycle_home: Path  # type: ignore[no-untyped-def]
+    prepared_run,
+    lifecycle_home: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """Kill the training process after its second commit, plant a half-written newer checkpoint, relaunch."""
     run: RunDir = prepared_run("resume", ["training.max_steps=60", "training.checkpoint_every=10"])
     ckpts = run.train_dir / "checkpoints"
     env = child_env(run.train_dir.resolve(), lifecycle_home / "cache")
     proc = subprocess.Popen(
-        worker_argv(), cwd=run.path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        worker_argv(),
+        cwd=run.path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
@@ -134,7 +142,9 @@ def test_killed_run_resumes_from_its_last_committed_checkpoint(
         (half / checkpoints.COMMIT_MARKER).unlink()
     assert checkpoints.latest_committed(ckpts) == last
 
-    result = train_stage.run(run, train_stage.LocalLauncher(cache_dir=lifecycle_home / "cache"), _tracker(lifecycle_home))
+    result = train_stage.run(
+        run, train_stage.LocalLauncher(cache_dir=lifecycle_home / "cache"), _tracker(lifecycle_home)
+    )
     assert result.resumed_from_step == step
     assert result.steps == 60
     logged = [json.loads(line)["step"] for line in (run.train_dir / "metrics.jsonl").read_text().splitlines()]
@@ -161,7 +171,15 @@ def test_cli_train_with_a_bad_recipe_exits_2_and_starts_nothing(tmp_path: Path) 
     recipe = Path(__file__).parents[2] / "recipes" / "demo.yaml"
     env = {**os.environ, "LIFECYCLE_HOME": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "lifecycle.cli.app", "train", str(recipe), "--set", "training.learning_rate=-1"],
+        [
+            sys.executable,
+            "-m",
+            "lifecycle.cli.app",
+            "train",
+            str(recipe),
+            "--set",
+            "training.learning_rate=-1",
+        ],
         capture_output=True,
         text=True,
         env=env,
