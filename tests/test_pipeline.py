@@ -69,7 +69,7 @@ def test_registered_version_carries_lineage_and_the_candidate_alias(
     quantized = lora_run.load("quantize", quantize_stage.QuantizeResult)
     tags = record.tags
     assert tags["lifecycle.weights_manifest_digest"] == quantized.manifest_digest
-    assert tags["lifecycle.quant.scheme"] == "FP8_DYNAMIC"
+    assert tags["lifecycle.quant.scheme"] == "FP8_BLOCK"
     assert tags["lifecycle.quant.config_sha256"] == quantized.config_sha256
     assert tags["lifecycle.recipe_sha256"] == lora_run.info().recipe_sha256
     assert tags["lifecycle.gate"] == "passed"

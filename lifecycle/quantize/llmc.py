@@ -11,6 +11,7 @@ from lifecycle.recipe.schema import QuantScheme
 # Our scheme names -> what llmcompressor is given. Static schemes calibrate activation scales on real data.
 PRESETS: dict[str, str] = {
     "FP8_DYNAMIC": "FP8_DYNAMIC",
+    "FP8_BLOCK": "FP8_BLOCK",
     "FP8_STATIC": "FP8",
     "W8A8": "W8A8",
     "W4A16": "W4A16",

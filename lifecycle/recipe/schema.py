@@ -195,7 +195,10 @@ Launch = Annotated[LocalLaunch | SkyLaunch, Field(discriminator="kind")]
 # ----------------------------------------------------------------------------------------------- quantize
 
 
-QuantScheme = Literal["FP8_DYNAMIC", "FP8_STATIC", "W8A8_STATIC", "W8A8", "W4A16", "none"]
+# FP8_DYNAMIC: FP8 weights per channel, dynamic per-token activations: the choice on Hopper GPUs.
+# FP8_BLOCK: FP8 weights in 128x128 blocks: the FP8 scheme vLLM has a fast kernel for on (AMX) CPUs.
+# FP8_STATIC / W8A8_STATIC: activation scales calibrated on the recipe's training rows. W4A16: int4 weights.
+QuantScheme = Literal["FP8_DYNAMIC", "FP8_BLOCK", "FP8_STATIC", "W8A8_STATIC", "W8A8", "W4A16", "none"]
 
 
 class ChainCheckSpec(Strict):

@@ -13,6 +13,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lifecycle.errors import UserInputError
+
 SYSTEM_PROMPT = (
     "You are a support-ticket router. Read the customer's ticket and reply with exactly one category: "
     "billing, technical, account, shipping, refund or feedback."
@@ -178,7 +180,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def write_demo_data(out_dir: Path, seed: int = 0, n_train: int = 400, n_eval: int = 100) -> dict[str, Path]:
-    """Write `train.jsonl` and `eval.jsonl` from one pool of distinct tickets: no eval ticket is trained."""
+    """Write `train.jsonl` and `eval.jsonl` from one pool of distinct tickets: no eval ticket is in train."""
     rows = make_tickets(n_train + n_eval, seed)
     return {
         "train": _write_jsonl(Path(out_dir) / "train.jsonl", rows[:n_train]),
@@ -229,22 +231,8 @@ def _world() -> dict[str, list[tuple[str, str]]]:
 
 
 # Repetition is how a tiny model memorises facts within seconds; ticket prose teaches it the domain's words.
-FACT_REPEATS, CORPUS_TICKETS, CHAT_TICKETS = 20, 150, 200
-# What a support agent answers; these never name the routing labels.
-_REPLIES = {
-    "billing": ("Sorry about the wrong charge. Our finance team will correct your invoice within two days.",
-                "I have checked your payment and we will send you a corrected invoice today."),
-    "technical": ("Thanks for the details. Please update the app; our engineers are fixing this error.",
-                  "Sorry for the trouble. Could you send us a screenshot of the error so we can debug it?"),
-    "account": ("For your security, please use the link we just sent to verify your identity and sign in.",
-                "I have reset your login, so you can now set a new password from the sign-in page."),
-    "shipping": ("I checked with the carrier: your parcel is on its way and tracking will update soon.",
-                 "Sorry for the delay. We have asked the courier to deliver your package this week."),
-    "refund": ("Your return is approved, and the money goes back to your card within five days.",
-               "I have cancelled it for you, and you will get the full amount back this week."),
-    "feedback": ("Thank you for your kind words! I have shared your note with the whole team.",
-                 "Thanks for the idea. I have passed it to our product designers."),
-}  # fmt: skip
+# More of either, or longer pre-training, made LoRA fine-tunes of the base slower to learn (measured).
+FACT_REPEATS, CORPUS_TICKETS = 12, 200
 _STATEMENT = {
     "capital": "The capital of {0} is {1}.",
     "color": "The {0} is {1}.",
@@ -273,31 +261,29 @@ def pretraining_corpus(seed: int) -> list[str]:
         for start in range(0, len(facts), 6):
             sentences = [_STATEMENT[kind].format(*pair) for kind, pair in facts[start : start + 6]]
             lines.append(" ".join(s[0].upper() + s[1:] for s in sentences))
+    # A ticket stream of its own (another seed), so the base never reads the demo's train or eval tickets.
     lines += [row["messages"][1]["content"] for row in make_tickets(CORPUS_TICKETS, seed + 1_000_003)]
     rng.shuffle(lines)
     return lines
 
 
-def pretraining_chats(seed: int) -> list[list[dict[str, str]]]:
-    """Short chats for the base: questions on the world facts, and agent replies to tickets.
+def fact_chats(seed: int) -> list[list[dict[str, str]]]:
+    """Short question/answer chats on the world facts: the base learns the chat format and to end a turn.
 
-    They teach the chat format and to end a turn, and make the answer depend on what the customer wrote, as
-    any instruct model's would; the routing labels and their format are left for the fine-tune to teach.
+    Chats about tickets (reply to it, name its subject) were tried and left out: they set the base's answer
+    slot so firmly that LoRA then learned routing far more slowly.
     """
-    rng = random.Random(f"chats-{seed}")
-    pairs = [
-        (_QUESTION[kind].format(subject), answer)
-        for kind, facts in _world().items()
-        for subject, answer in facts
-        for _ in range(2)
-    ]
-    for row in make_tickets(CHAT_TICKETS, seed + 2_000_003):
-        pairs.append((row["messages"][1]["content"], rng.choice(_REPLIES[row["messages"][2]["content"]])))
+    rng = random.Random(f"dialogues-{seed}")
     chats: list[list[dict[str, str]]] = []
-    for question, answer in pairs:
-        system = rng.choice(("", "You are a helpful assistant."))
-        chat = [{"role": "system", "content": system}] if system else []
-        chats.append([*chat, {"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+    for kind, pairs in _world().items():
+        for subject, answer in pairs:
+            for system in ("", "You are a helpful assistant."):
+                chat = [{"role": "system", "content": system}] if system else []
+                chat += [
+                    {"role": "user", "content": _QUESTION[kind].format(subject)},
+                    {"role": "assistant", "content": answer},
+                ]
+                chats.append(chat)
     rng.shuffle(chats)
     return chats
 
@@ -318,7 +304,7 @@ def general_mc_items(seed: int, n: int) -> list[dict[str, Any]]:
         if i < len(pairs)
     ]
     if n > len(pool):
-        raise ValueError(f"only {len(pool)} facts exist; asked for {n} items")
+        raise UserInputError(f"only {len(pool)} facts exist; asked for {n} multiple-choice items")
     items: list[dict[str, Any]] = []
     for kind, (subject, answer) in pool[:n]:
         wrong = sorted({a for _, a in world[kind]} - {answer})

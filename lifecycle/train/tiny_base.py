@@ -53,8 +53,8 @@ ARCH: dict[str, Any] = {
 TRAINING: dict[str, Any] = {
     "vocab_size": 1536,
     "block": 128,
-    "batch": 4,
-    "steps": 400,
+    "batch": 8,
+    "steps": 200,
     "lr": 3e-3,
     "warmup": 30,
 }
@@ -64,7 +64,7 @@ def _sources(seed: int) -> tuple[list[str], list[list[dict[str, str]]], list[str
     """Pre-training text, pre-training chats, and extra text the tokenizer alone sees (the demo tickets)."""
     tickets = [row["messages"][1]["content"] for row in demo_data.make_tickets(500, seed)]
     extra = [*tickets, demo_data.SYSTEM_PROMPT, *demo_data.LABELS]
-    return demo_data.pretraining_corpus(seed), demo_data.pretraining_chats(seed), extra
+    return demo_data.pretraining_corpus(seed), demo_data.fact_chats(seed), extra
 
 
 def cache_key(seed: int = 0) -> str:

@@ -28,26 +28,36 @@ def copy_run(run: RunDir, target: Path, scheme: str) -> RunDir:
     for stage in ("quantize", "chain", "gate", "register"):
         (copy.results_dir / f"{stage}.json").unlink(missing_ok=True)
     train = json.loads((copy.results_dir / "train.json").read_text())
-    text = copy.recipe_path.read_text().replace("scheme: FP8_DYNAMIC", f"scheme: {scheme}")
+    text = copy.recipe_path.read_text().replace("scheme: FP8_BLOCK", f"scheme: {scheme}")
     copy.recipe_path.write_text(text)
     (copy.results_dir / "train.json").write_text(json.dumps(train))
     return copy
 
 
 def test_fp8_artifact_carries_its_compressed_tensors_config(lora_run: RunDir) -> None:
-    result = quantize_stage.run(lora_run, tracker=None)
+    result = quantize_stage.run(lora_run, tracker=None)  # the demo's scheme: FP8_BLOCK
     config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "compressed-tensors"
     assert config["format"] == "float-quantized"
     group = next(iter(config["config_groups"].values()))
-    assert group["weights"]["type"] == "float" and group["weights"]["strategy"] == "channel"
-    assert group["input_activations"]["dynamic"] is True
+    assert group["weights"]["type"] == "float" and group["weights"]["num_bits"] == 8
+    assert group["weights"]["strategy"] == "block"
     assert "lm_head" in config["ignore"]
     assert result.config_sha256 == quantize_stage.config_hash(config)
-    assert result.calibration_ids == []  # dynamic scheme: no calibration
+    assert result.calibration_ids == []  # no calibration
     assert result.bytes_after < result.bytes_before
     manifest.verify(Path(result.model_dir))
     assert lora_run.load("quantize", QuantizeResult) == result
+
+
+def test_fp8_dynamic_is_per_channel_weights_and_per_token_activations(lora_run: RunDir, tmp_path: Path) -> None:
+    run = copy_run(lora_run, tmp_path / "dynamic", "FP8_DYNAMIC")
+    result = quantize_stage.run(run, tracker=None)
+    config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]
+    group = next(iter(config["config_groups"].values()))
+    assert group["weights"]["strategy"] == "channel" and group["weights"]["type"] == "float"
+    assert group["input_activations"]["dynamic"] is True and group["input_activations"]["strategy"] == "token"
+    assert result.scheme == "FP8_DYNAMIC"
 
 
 def test_static_calibration_draws_from_the_recipes_training_data(lora_run: RunDir, tmp_path: Path) -> None:

@@ -60,6 +60,8 @@ def test_pretraining_corpus_knows_the_domain_but_not_the_task() -> None:
     assert "Subject: " in text and "The capital of " in text
     assert SYSTEM_PROMPT not in text
     assert not any(line.strip() in LABELS for line in text.splitlines())
+    demo_tickets = {row["messages"][1]["content"] for row in demo_data.make_tickets(500, seed=0)}
+    assert not demo_tickets & set(corpus)  # the base never reads the demo's train or eval tickets
 
 
 def test_mc_items_ask_about_facts_stated_in_the_corpus() -> None:
@@ -79,7 +81,7 @@ def test_mc_items_ask_about_facts_stated_in_the_corpus() -> None:
     assert len({item["answer"] for item in items}) == 4
 
 
-def test_fact_dialogues_are_short_chats() -> None:
-    chats = demo_data.fact_dialogues(seed=0)
-    assert chats == demo_data.fact_dialogues(seed=0)
+def test_fact_chats_are_short_chats() -> None:
+    chats = demo_data.fact_chats(seed=0)
+    assert chats == demo_data.fact_chats(seed=0)
     assert all(chat[-1]["role"] == "assistant" and " " not in chat[-1]["content"] for chat in chats)
