@@ -18,7 +18,8 @@ def train(
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Continue this run directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Sky launch: print the task, plan and cost only."),
 ) -> None:
-    """Fine-tune a recipe and record it in MLflow. Resumes from the last committed checkpoint when continuing."""
+    """Run a recipe: fine-tune, quantize, chain-check, gate and register. Continuing a run resumes from its last
+    committed checkpoint and skips finished stages."""
     from lifecycle.cli.context import load_context
     from lifecycle.recipe.load import load_recipe
     from lifecycle.runs import RunDir

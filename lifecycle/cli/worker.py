@@ -29,6 +29,12 @@ def train(
     if relaunch is not None:
         os.execvp(relaunch[0], relaunch)  # torchrun/accelerate re-runs this same command once per GPU
 
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()  # one progress bar (ours) rather than a dozen
+    transformers.utils.logging.disable_progress_bar()
+
     from lifecycle.cli.progress import TrainProgress
     from lifecycle.train.worker import run_worker
 

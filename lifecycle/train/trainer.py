@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback  # this module runs only inside the worker: heavy imports are fine
+from transformers import PrinterCallback, TrainerCallback  # this module runs only inside the worker: heavy imports are fine
 
 from lifecycle.launch import checkpoints
 from lifecycle.recipe.schema import FullMethod, LoraMethod, Recipe, TrainingSpec
@@ -117,6 +117,7 @@ def fit(
         peft_config=peft_config,
         callbacks=[_CommitAndLog(output / "metrics.jsonl", spec.keep_checkpoints, progress)],
     )
+    trainer.remove_callback(PrinterCallback)  # progress and loss go to our bar and metrics.jsonl instead
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.monotonic() - start
