@@ -87,14 +87,14 @@ class Registry:
 
     def download(self, name: str, alias: str, target: Path) -> Path:
         """Fetch the artifact behind `name@alias` into `target` (a baseline to serve)."""
-        import mlflow.artifacts
-
+        version = self.by_alias(name, alias)
+        if version is None or version.run_id is None:
+            raise RegistryError(
+                f"{name}@{alias}: no such version (or it has no run) at {self.tracker.tracking_uri}"
+            )
         target.mkdir(parents=True, exist_ok=True)
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}@{alias}",
-            dst_path=str(target),
-            tracking_uri=self.tracker.tracking_uri,
-        )
+        # through the client: a models:/ URI would be resolved against the default registry, not this one
+        path = self.client.download_artifacts(version.run_id, SERVED_ARTIFACT, str(target))
         return Path(path)
 
 

@@ -32,13 +32,14 @@ class Example:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row); a line that is not JSON yields a ValueError in place of the row."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if line.strip():
                 try:
                     yield lineno, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise RecipeError([f"{path}:{lineno}: not valid JSON: {exc.msg}"]) from None
+                    yield lineno, ValueError(f"not valid JSON: {exc.msg}")
 
 
 def load_examples(path: Path, fmt: DataFormat) -> list[Example]:
@@ -47,6 +48,8 @@ def load_examples(path: Path, fmt: DataFormat) -> list[Example]:
     problems: list[str] = []
     for lineno, row in read_jsonl(path):
         try:
+            if isinstance(row, ValueError):
+                raise row
             examples.append(_convert(row, fmt, default_id=f"{path.stem}-{lineno}"))
         except ValueError as exc:
             problems.append(f"{path}:{lineno}: {exc}")

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, TrainerCallback  # this module runs only inside the worker: heavy imports are fine
+from transformers import (
+    PrinterCallback,
+    TrainerCallback,
+)  # this module runs only inside the worker: heavy imports are fine
 
 from lifecycle.launch import checkpoints
 from lifecycle.recipe.schema import FullMethod, LoraMethod, Recipe, TrainingSpec

@@ -50,7 +50,9 @@ def test_fp8_artifact_carries_its_compressed_tensors_config(lora_run: RunDir) ->
     assert lora_run.load("quantize", QuantizeResult) == result
 
 
-def test_fp8_dynamic_is_per_channel_weights_and_per_token_activations(lora_run: RunDir, tmp_path: Path) -> None:
+def test_fp8_dynamic_is_per_channel_weights_and_per_token_activations(
+    lora_run: RunDir, tmp_path: Path
+) -> None:
     run = copy_run(lora_run, tmp_path / "dynamic", "FP8_DYNAMIC")
     result = quantize_stage.run(run, tracker=None)
     config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]

@@ -164,6 +164,7 @@ def test_bad_data_row_stops_before_anything_is_written(tmp_path: Path, lifecycle
     with pytest.raises(RecipeError) as info:
         train_stage.prepare(loaded, runs_dir, _tracker(tmp_path), Path.cwd())
     assert info.value.problems[0].startswith(f"{bad}:1: messages: the last turn must be the assistant's")
+    assert info.value.problems[1] == f"{bad}:2: not valid JSON: Expecting value"
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
