@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from lifecycle.cli.context import Context
 
 
-def run_stages(run: RunDir, loaded: LoadedRecipe, ctx: Context, console: Console) -> None:
+def run_stages(run: RunDir, loaded: LoadedRecipe, ctx: Context, console: Console) -> bool:
+    """Every stage in order; True when the run ended with a registered version, False when its gate failed."""
     from lifecycle.quantize import stage as quantize_stage
     from lifecycle.train import stage as train_stage
 
@@ -46,6 +47,7 @@ def run_stages(run: RunDir, loaded: LoadedRecipe, ctx: Context, console: Console
         raise
     if info.mlflow_run_id:
         tracker.end_run(info.mlflow_run_id, "FINISHED")
+    return gated.passed
 
 
 def train_table(result: TrainResult) -> Table:

@@ -98,15 +98,17 @@ class Context:
 
         return start
 
-    def run_pipeline(self, run: RunDir) -> None:
+    def run_pipeline(self, run: RunDir) -> bool:
         from lifecycle.pipeline import run_stages
         from lifecycle.recipe.load import load_recipe
 
         loaded = load_recipe(run.recipe_path)
-        run_stages(run, loaded, self, console)
+        return run_stages(run, loaded, self, console)
 
 
 def load_context() -> Context:
     # MLflow sends usage telemetry unless told not to; a platform for data-residency-bound teams turns it off
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # one progress display (ours): the libraries' per-file bars only bury the stage lines
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     return Context(settings=load_settings())

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 
-console = Console(highlight=False)
-console_err = Console(stderr=True, highlight=False)
+# Logs and CI are not terminals: give tables room there instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(highlight=False, width=_WIDTH)
+console_err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)

@@ -47,4 +47,5 @@ def train(
         console.print(f"run [bold]{run.info().run_id}[/] in {run.path}")
     else:
         console.print(f"continuing run [bold]{run.info().run_id}[/] in {run.path}")
-    ctx.run_pipeline(run)
+    if not ctx.run_pipeline(run):
+        raise typer.Exit(1)  # the gate failed: the run is complete and recorded, and nothing was registered
