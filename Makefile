@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test check bench ui clean
 
 setup: $(VENV)/.installed $(SERVE)/.installed
+	mkdir -p mlruns
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
