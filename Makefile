@@ -40,6 +40,8 @@ check: setup
 
 bench: setup
 	$(VENV)/bin/python bench/train_overhead.py
+	$(VENV)/bin/python bench/gate_backends.py
+	$(VENV)/bin/python bench/serve_throughput.py --run latest
 
 ui: setup
 	$(VENV)/bin/lifecycle ui
