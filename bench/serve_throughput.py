@@ -74,7 +74,7 @@ def main() -> None:
     )
     parser.add_argument("--run", help="a run id or 'latest': uses its merged model")
     parser.add_argument("--model", type=Path, help="or any merged bf16 model folder")
-    parser.add_argument("--schemes", default="FP8_DYNAMIC,W4A16")
+    parser.add_argument("--schemes", default="FP8_DYNAMIC,FP8_BLOCK,W4A16")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
