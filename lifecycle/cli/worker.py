@@ -40,7 +40,9 @@ def train(
 
     progress = TrainProgress()
     try:
-        result = run_worker(recipe, output, cache_dir, progress)
+        result = run_worker(
+            recipe, output, cache_dir, progress, world_size=int(os.environ.get("WORLD_SIZE", "1"))
+        )
     finally:
         progress.close()
     console.print(

@@ -27,13 +27,22 @@ from lifecycle.train.data import Example
 class Hardware:
     cuda: bool
     bf16_supported: bool
+    world_size: int = 1  # processes in this training job (torchrun sets WORLD_SIZE)
 
     @classmethod
-    def detect(cls) -> Hardware:
+    def detect(cls, world_size: int = 1) -> Hardware:
         import torch
 
         cuda = torch.cuda.is_available()
-        return cls(cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+        return cls(cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported(), world_size=world_size)
+
+
+def sharding(method: object, hw: Hardware) -> dict[str, object]:
+    """A full fine-tune across several GPUs shards parameters, gradients and optimizer state (FSDP full shard):
+    a replica per GPU would not fit a large model. LoRA's few trainable weights replicate fine (DDP)."""
+    if isinstance(method, FullMethod) and hw.cuda and hw.world_size > 1:
+        return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True}}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ def fit(
         dataloader_num_workers=0,
         bf16=flags["bf16"],
         fp16=flags["fp16"],
+        **sharding(recipe.method, hw),  # type: ignore[arg-type]
     )
     peft_config = _peft_config(recipe) if isinstance(recipe.method, LoraMethod) else None
     trainer = SFTTrainer(

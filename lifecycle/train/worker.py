@@ -37,7 +37,9 @@ class WorkerResult(BaseModel):
     accelerator: str
 
 
-def run_worker(recipe_path: Path, output: Path, cache_dir: Path, progress: Any | None = None) -> WorkerResult:
+def run_worker(
+    recipe_path: Path, output: Path, cache_dir: Path, progress: Any | None = None, world_size: int = 1
+) -> WorkerResult:
     from lifecycle.train.accuracy import generation_accuracy
     from lifecycle.train.base import resolve_base
     from lifecycle.train.data import load_examples
@@ -57,7 +59,7 @@ def run_worker(recipe_path: Path, output: Path, cache_dir: Path, progress: Any |
         base_acc = generation_accuracy(base_dir, evaluation) if evaluation else None
         manifest.write_json_atomic(base_eval_path, {"accuracy": base_acc})
 
-    hw = Hardware.detect()
+    hw = Hardware.detect(world_size)
     fitted = fit(recipe, base_dir, train, evaluation, output, hw, progress)
     model_dir = output / "model"
     tuned_acc = generation_accuracy(model_dir, evaluation) if evaluation else None
