@@ -30,8 +30,10 @@ FAST = ["training.max_steps=120", "training.checkpoint_every=60"]
 
 
 @pytest.fixture(scope="session")
-def prepared_run(lifecycle_home: Path, tiny_base: Path):  # type: ignore[no-untyped-def]
-    """Factory: a prepared (not yet trained) run of recipes/demo.yaml with overrides."""
+def prepared_run(lifecycle_home: Path, tiny_base: Path, serve_python: Path):  # type: ignore[no-untyped-def]
+    """Factory: a prepared (not yet trained) run of recipes/demo.yaml with overrides, its scheme resolved."""
+    from lifecycle.preflight import resolve_target
+    from lifecycle.quantize.target import STAGE as TARGET
     from lifecycle.recipe.load import load_recipe
     from lifecycle.registry.tracking import Tracker
     from lifecycle.train import stage as train_stage
@@ -40,7 +42,11 @@ def prepared_run(lifecycle_home: Path, tiny_base: Path):  # type: ignore[no-unty
 
     def make(name: str, overrides: list[str]):  # type: ignore[no-untyped-def]
         loaded = load_recipe(REPO / "recipes" / "demo.yaml", [f"name={name}", *overrides])
-        return train_stage.prepare(loaded, lifecycle_home / "runs", tracker, REPO)
+        run = train_stage.prepare(loaded, lifecycle_home / "runs", tracker, REPO)
+        # what `lifecycle train` does next: the scheme on this host's engine (probed once, cached)
+        target = resolve_target(loaded, serve_python=serve_python, cache_dir=lifecycle_home / "cache")
+        run.save(TARGET, target)
+        return run
 
     return make
 

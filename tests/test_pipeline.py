@@ -14,6 +14,7 @@ from lifecycle.errors import StageError
 from lifecycle.gate.stage import GateResult
 from lifecycle.pipeline import run_gate, run_register
 from lifecycle.quantize import stage as quantize_stage
+from lifecycle.quantize.target import ServeTarget
 from lifecycle.runs import RunDir
 from lifecycle.settings import load_settings
 
@@ -69,7 +70,7 @@ def test_registered_version_carries_lineage_and_the_candidate_alias(
     quantized = lora_run.load("quantize", quantize_stage.QuantizeResult)
     tags = record.tags
     assert tags["lifecycle.weights_manifest_digest"] == quantized.manifest_digest
-    assert tags["lifecycle.quant.scheme"] == "FP8_BLOCK"
+    assert tags["lifecycle.quant.scheme"] == lora_run.load("target", ServeTarget).scheme == quantized.scheme
     assert tags["lifecycle.quant.config_sha256"] == quantized.config_sha256
     assert tags["lifecycle.recipe_sha256"] == lora_run.info().recipe_sha256
     assert tags["lifecycle.gate"] == "passed"

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from lifecycle.cli import jobs, runs, stages, train, validate, worker
+from lifecycle.cli import doctor, jobs, runs, stages, train, validate, worker
 from lifecycle.cli.output import console_err
 from lifecycle.errors import LifecycleError
 
@@ -24,6 +24,7 @@ app.command("quantize")(stages.quantize)
 app.command("gate")(stages.gate)
 app.command("register")(stages.register)
 app.command("runs")(runs.runs)
+app.command("doctor")(doctor.doctor)
 app.command("ui")(runs.ui)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(worker.app, name="worker", hidden=True)

@@ -16,7 +16,10 @@ from lifecycle.recipe.load import LoadedRecipe
 from lifecycle.registry.tracking import Tracker
 
 if TYPE_CHECKING:
+    from lifecycle.preflight import Checked
+    from lifecycle.quantize.target import ServeTarget
     from lifecycle.registry.models import Registry
+from lifecycle.quantize.target import STAGE as TARGET_STAGE
 from lifecycle.runs import RunDir
 from lifecycle.settings import Settings, load_settings
 
@@ -28,7 +31,48 @@ class Context:
 
     @cached_property
     def tracker(self) -> Tracker:
+        from lifecycle.preflight import check_tracking_store
+
+        check_tracking_store(self.settings.tracking_uri)  # seconds, not the client's minutes of retries
         return Tracker(self.settings.tracking_uri, self.settings.artifacts_dir)
+
+    def preflight(self, loaded: LoadedRecipe) -> Checked:
+        """Every check that can fail before training starts (data, gate tasks, baseline, scheme on target)."""
+        from lifecycle import preflight
+
+        return preflight.check(
+            loaded,
+            evals_dir=self.evals_dir,
+            serve_python=self.settings.serve_python,
+            cache_dir=self.settings.cache_dir,
+            say=lambda line: console.print(line, markup=False),
+        )
+
+    def resolve_target(self, loaded: LoadedRecipe) -> ServeTarget:
+        from lifecycle import preflight
+
+        return preflight.resolve_target(
+            loaded,
+            serve_python=self.settings.serve_python,
+            cache_dir=self.settings.cache_dir,
+            say=lambda line: console.print(line, markup=False),
+        )
+
+    def keep_target(self, run: RunDir, target: ServeTarget) -> None:
+        """Record the resolved scheme in the run and on its MLflow run, and say it."""
+        run.save(TARGET_STAGE, target)
+        mlflow_run = run.info().mlflow_run_id
+        if mlflow_run:
+            self.tracker.set_tags(
+                mlflow_run,
+                {
+                    "lifecycle.quant.requested": target.requested,
+                    "lifecycle.quant.resolved": target.scheme,
+                    "lifecycle.quant.reason": target.reason[:5000],
+                    "lifecycle.serve_target": target.target,
+                },
+            )
+        console.print(f"quantize.scheme {target.requested} -> [bold]{target.scheme}[/]: {target.reason}")
 
     def launcher(self, loaded: LoadedRecipe) -> object:
         from lifecycle.train.stage import LocalLauncher
@@ -111,4 +155,6 @@ def load_context() -> Context:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # one progress display (ours): the libraries' per-file bars only bury the stage lines
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # the libraries' tqdm bars (loading weights, writing shards, compressing) too, here and in the worker
+    os.environ.setdefault("TQDM_DISABLE", "1")
     return Context(settings=load_settings())

@@ -39,13 +39,20 @@ def train(
             raise UserInputError(
                 f"--resume: no unfinished run of recipe {loaded.recipe.name!r} under {ctx.settings.runs_dir}"
             )
-    if dry_run:
-        ctx.dry_run(loaded)
-        return
     if run is None:
+        checked = ctx.preflight(loaded)  # everything knowable, before anything starts: exit 2 on a problem
+        if dry_run:
+            ctx.dry_run(loaded)
+            return
         run = train_stage.prepare(loaded, ctx.settings.runs_dir, ctx.tracker, Path.cwd())
         console.print(f"run [bold]{run.info().run_id}[/] in {run.path}")
+        ctx.keep_target(run, checked.target)
     else:
+        if dry_run:
+            ctx.dry_run(loaded)
+            return
         console.print(f"continuing run [bold]{run.info().run_id}[/] in {run.path}")
+        if not run.has("target"):
+            ctx.keep_target(run, ctx.resolve_target(loaded))
     if not ctx.run_pipeline(run):
         raise typer.Exit(1)  # the gate failed: the run is complete and recorded, and nothing was registered

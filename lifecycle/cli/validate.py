@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from lifecycle.cli.output import console, console_err
-from lifecycle.errors import RecipeError
+from lifecycle.errors import RecipeError, UserInputError
 from lifecycle.recipe.load import load_recipe
 
 
@@ -15,19 +15,30 @@ def validate(
     files: list[Path] = typer.Argument(..., help="Recipe YAML files."),
     override: list[str] = typer.Option([], "--set", "-s", help="key.path=value, applied before validation."),
 ) -> None:
-    """Validate recipes: every problem is reported with FILE:LINE: field: message; exit code 2 if any."""
+    """Validate recipes as `lifecycle train` would before starting: schema, every data row, gate tasks and their
+    metrics, the base model, and the quantization scheme on the serving target. Every problem is reported as
+    FILE:LINE: field: message; exit code 2 if any."""
+    from lifecycle.cli.context import load_context
+
+    ctx = load_context()
     failed = False
     for path in files:
         try:
             loaded = load_recipe(path, override)
+            checked = ctx.preflight(loaded)
         except RecipeError as exc:
             failed = True
             for problem in exc.problems:
                 console_err.print(problem, markup=False, soft_wrap=True)
             continue
+        except UserInputError as exc:
+            failed = True
+            console_err.print(f"{path}: {exc}", markup=False, soft_wrap=True)
+            continue
+        target = checked.target
         console.print(
             f"[green]ok[/] {path}  ({loaded.recipe.name}: {loaded.recipe.method.kind}, "
-            f"launch {loaded.recipe.launch.kind})"
+            f"launch {loaded.recipe.launch.kind}, quantize {target.requested} -> {target.scheme} on {target.target})"
         )
     if failed:
         raise typer.Exit(2)

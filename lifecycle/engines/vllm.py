@@ -266,6 +266,7 @@ class VllmServer:
         max_tokens: int,
         temperature: float = 0.0,
         logprobs: int | None = None,
+        ignore_eos: bool = False,
         timeout_s: float = 300.0,
     ) -> list[Completion]:
         """Complete raw-text prompts (no chat template); one result per prompt, in prompt order.
@@ -283,6 +284,8 @@ class VllmServer:
         }
         if logprobs is not None:
             body["logprobs"] = logprobs
+        if ignore_eos:
+            body["ignore_eos"] = True  # vLLM extension: exactly max_tokens tokens (speed measurements)
         answer = self._request("POST", "/v1/completions", body, timeout_s=timeout_s)
         return [_completion(choice) for choice in sorted(answer["choices"], key=lambda c: c["index"])]
 

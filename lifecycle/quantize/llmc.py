@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
-from lifecycle.recipe.schema import QuantScheme
+from lifecycle.recipe.schema import ConcreteScheme
 
 # Our scheme names -> what llmcompressor is given. Static schemes calibrate activation scales on real data.
 PRESETS: dict[str, str] = {
@@ -19,11 +21,11 @@ PRESETS: dict[str, str] = {
 CALIBRATED = frozenset({"FP8_STATIC", "W8A8_STATIC"})
 
 
-def needs_calibration(scheme: QuantScheme) -> bool:
+def needs_calibration(scheme: ConcreteScheme) -> bool:
     return scheme in CALIBRATED
 
 
-def modifier_kwargs(scheme: QuantScheme, ignore: list[str]) -> dict[str, Any]:
+def modifier_kwargs(scheme: ConcreteScheme, ignore: list[str]) -> dict[str, Any]:
     """Arguments of llmcompressor's QuantizationModifier for a scheme (pure, so it is testable and hashable)."""
     if scheme == "W8A8_STATIC":
         # int8 weights per channel, int8 activations per tensor with scales fixed by calibration
@@ -51,21 +53,51 @@ def modifier_kwargs(scheme: QuantScheme, ignore: list[str]) -> dict[str, Any]:
 def quantize(
     model_dir: Path,
     out_dir: Path,
-    scheme: QuantScheme,
+    scheme: ConcreteScheme,
+    ignore: list[str],
+    calibration_texts: list[str] | None,
+    max_length: int,
+    log_path: Path | None = None,
+) -> None:
+    """Run oneshot on `model_dir` and save the compressed model (and tokenizer) to `out_dir`.
+
+    llmcompressor's log and the libraries' warnings go to `log_path`, not the terminal: known-benign notes
+    ("No accelerator available!" on a CPU host, "offloaded modules" on save) would bury the stage's own lines.
+    """
+    # its import already logs (device detection) before any configure call; only the environment reaches that
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
+    from llmcompressor import LoggerConfig, configure_logger
+
+    logged = log_path is not None
+    configure_logger(
+        LoggerConfig(
+            console_log_level="ERROR",
+            log_file=str(log_path) if logged else None,
+            log_file_level="INFO" if logged else None,
+        )
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quantize(model_dir, out_dir, scheme, ignore, calibration_texts, max_length)
+    if log_path is not None and caught:
+        with log_path.open("a") as fh:
+            fh.writelines(f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})\n" for w in caught)
+
+
+def _quantize(
+    model_dir: Path,
+    out_dir: Path,
+    scheme: ConcreteScheme,
     ignore: list[str],
     calibration_texts: list[str] | None,
     max_length: int,
 ) -> None:
-    """Run oneshot on `model_dir` and save the compressed model (and tokenizer) to `out_dir`."""
     import torch
     from datasets import Dataset
-    from llmcompressor import LoggerConfig, configure_logger, oneshot
+    from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    configure_logger(
-        LoggerConfig(console_log_level="WARNING")
-    )  # its INFO stream drowns the stage's own output
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
     modifier = QuantizationModifier(**modifier_kwargs(scheme, ignore))

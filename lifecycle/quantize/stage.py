@@ -12,13 +12,16 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 from lifecycle import manifest
 from lifecycle.errors import StageError
 from lifecycle.quantize.chain import STAGE as CHAIN
 from lifecycle.quantize.chain import ChainReport, Serve, render_markdown, run_chain
+from lifecycle.quantize.target import STAGE as TARGET
+from lifecycle.quantize.target import ServeTarget
 from lifecycle.recipe.load import load_recipe
-from lifecycle.recipe.schema import QuantScheme, Recipe
+from lifecycle.recipe.schema import ConcreteScheme, Recipe
 from lifecycle.registry.tracking import Tracker
 from lifecycle.runs import Frozen, RunDir
 from lifecycle.train.data import Example, load_examples
@@ -72,12 +75,25 @@ def run(run_dir: RunDir, tracker: Tracker | None) -> QuantizeResult:
         return done
     trained = require_trained(run_dir)
     recipe = load_recipe(run_dir.recipe_path).recipe
-    return _quantize(run_dir, recipe, Path(trained.model_dir), tracker)
+    return _quantize(run_dir, recipe, concrete_scheme(run_dir, recipe), Path(trained.model_dir), tracker)
 
 
-def _quantize(run_dir: RunDir, recipe: Recipe, source: Path, tracker: Tracker | None) -> QuantizeResult:
+def concrete_scheme(run_dir: RunDir, recipe: Recipe) -> ConcreteScheme:
+    """The scheme resolved for this run before training (results/target.json), or the recipe's named one."""
+    if run_dir.has(TARGET):
+        return cast(ConcreteScheme, run_dir.load(TARGET, ServeTarget).scheme)
+    if recipe.quantize.scheme == "FP8":
+        raise StageError(
+            f"{run_dir.path}: quantize.scheme 'FP8' was never resolved for this run (no results/{TARGET}.json): "
+            "continue it with `lifecycle train --run-dir RUN`, which resolves it on the serving target first"
+        )
+    return cast(ConcreteScheme, recipe.quantize.scheme)
+
+
+def _quantize(
+    run_dir: RunDir, recipe: Recipe, scheme: ConcreteScheme, source: Path, tracker: Tracker | None
+) -> QuantizeResult:
     spec = recipe.quantize
-    scheme: QuantScheme = spec.scheme
     source_digest = manifest.verify(source).digest
     out = run_dir.stage_dir(STAGE) / "model"
     start = time.monotonic()
@@ -97,7 +113,8 @@ def _quantize(run_dir: RunDir, recipe: Recipe, source: Path, tracker: Tracker | 
             texts = [calibration_text(e, tokenizer) for e in calibration]
         tmp = out.with_name("model.tmp")
         try:
-            llmc.quantize(source, tmp, scheme, spec.ignore, texts, recipe.training.max_length)
+            log = run_dir.stage_dir(STAGE) / "llmcompressor.log"
+            llmc.quantize(source, tmp, scheme, spec.ignore, texts, recipe.training.max_length, log)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StageError(

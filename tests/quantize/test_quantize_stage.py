@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from lifecycle import manifest
-from lifecycle.errors import MissingResultError, RecipeError
+from lifecycle.errors import MissingResultError, RecipeError, StageError
 from lifecycle.quantize import llmc
 from lifecycle.quantize import stage as quantize_stage
 from lifecycle.quantize.stage import QuantizeResult, calibration_sample
+from lifecycle.quantize.target import ServeTarget
 from lifecycle.recipe.load import load_recipe
 from lifecycle.runs import RunDir
 from lifecycle.train.data import load_examples
@@ -27,15 +29,35 @@ def copy_run(run: RunDir, target: Path, scheme: str) -> RunDir:
     copy = RunDir(target)
     for stage in ("quantize", "chain", "gate", "register"):
         (copy.results_dir / f"{stage}.json").unlink(missing_ok=True)
+    (copy.results_dir / "target.json").unlink(missing_ok=True)  # the named scheme, not the resolved one
     train = json.loads((copy.results_dir / "train.json").read_text())
-    text = copy.recipe_path.read_text().replace("scheme: FP8_BLOCK", f"scheme: {scheme}")
+    text = re.sub(r"(?m)^(\s+scheme:) \S+$", rf"\1 {scheme}", copy.recipe_path.read_text())
+    assert f"scheme: {scheme}" in text
     copy.recipe_path.write_text(text)
     (copy.results_dir / "train.json").write_text(json.dumps(train))
     return copy
 
 
-def test_fp8_artifact_carries_its_compressed_tensors_config(lora_run: RunDir) -> None:
-    result = quantize_stage.run(lora_run, tracker=None)  # the demo's scheme: FP8_BLOCK
+def test_fp8_resolved_before_training_is_what_the_run_quantizes_with(lora_run: RunDir) -> None:
+    target = lora_run.load("target", ServeTarget)  # the demo asks for 'FP8'; the probe decided the layout
+    assert target.requested == "FP8" and target.scheme in ("FP8_DYNAMIC", "FP8_BLOCK")
+    result = quantize_stage.run(lora_run, tracker=None)
+    assert result.scheme == target.scheme
+    config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]
+    group = next(iter(config["config_groups"].values()))
+    assert group["weights"]["strategy"] == ("block" if target.scheme == "FP8_BLOCK" else "channel")
+
+
+def test_fp8_without_a_resolved_target_is_refused(lora_run: RunDir, tmp_path: Path) -> None:
+    run = copy_run(lora_run, tmp_path / "unresolved", "FP8")
+    with pytest.raises(StageError, match="never resolved"):
+        quantize_stage.run(run, tracker=None)
+    assert not run.has("quantize")
+
+
+def test_fp8_block_artifact_carries_its_compressed_tensors_config(lora_run: RunDir, tmp_path: Path) -> None:
+    run = copy_run(lora_run, tmp_path / "block", "FP8_BLOCK")
+    result = quantize_stage.run(run, tracker=None)
     config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "compressed-tensors"
     assert config["format"] == "float-quantized"
@@ -47,7 +69,7 @@ def test_fp8_artifact_carries_its_compressed_tensors_config(lora_run: RunDir) ->
     assert result.calibration_ids == []  # no calibration
     assert result.bytes_after < result.bytes_before
     manifest.verify(Path(result.model_dir))
-    assert lora_run.load("quantize", QuantizeResult) == result
+    assert run.load("quantize", QuantizeResult) == result
 
 
 def test_fp8_dynamic_is_per_channel_weights_and_per_token_activations(
