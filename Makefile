@@ -10,6 +10,8 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed $(SERVE)/.installed
 	mkdir -p mlruns
+	@# what this host is and whether vLLM can serve on it, said plainly now rather than as a crash later
+	@$(VENV)/bin/lifecycle doctor --host
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
