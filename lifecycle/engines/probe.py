@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -232,23 +233,37 @@ def _probe_model(cache_dir: Path) -> Path:
 
 def probe_scheme(scheme: str, base: Path, *, serve_python: Path, workdir: Path) -> SchemeSupport:
     """Quantize `base` with `scheme`, serve it, generate; never raises for a scheme that does not work."""
-    from lifecycle.errors import EngineError
-
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
         model_dir = _quantized(scheme, base, workdir)
     except Exception as exc:  # llmcompressor cannot write this scheme: it cannot serve it either
-        return SchemeSupport(scheme=scheme, serves=False, error=f"quantizing failed: {exc}", probed_at=now)
-    from lifecycle.engines.vllm import VllmSpec, diagnose_log, serve
+        return SchemeSupport(scheme=scheme, serves=False, error=f"quantizing failed: {exc}", probed_at=_now())
+    return measure(scheme, model_dir, serve_python=serve_python, workdir=workdir)
 
+
+def measure(scheme: str, model_dir: Path, *, serve_python: Path, workdir: Path) -> SchemeSupport:
+    """Serve `model_dir` with the real engine and time sequential generation; a failure is a result, with the
+    engine's own root error (e.g. "Failed to find a kernel that can implement the ScaledMM linear layer")."""
+    from lifecycle.engines.vllm import VllmSpec, serve
+    from lifecycle.errors import EngineError
+
+    now = _now()
     try:
         with serve(VllmSpec(model_dir=model_dir.resolve()), python=serve_python, workdir=workdir) as server:
             rate = _tokens_per_s(server)
     except EngineError as exc:
-        root, _ = diagnose_log(str(exc))
-        first = str(exc).split(" Log ", 1)[0]
-        return SchemeSupport(scheme=scheme, serves=False, error=(root or first)[:400], probed_at=now)
+        return SchemeSupport(scheme=scheme, serves=False, error=_root_error(str(exc)), probed_at=now)
     return SchemeSupport(scheme=scheme, serves=True, tokens_per_s=round(rate, 1), probed_at=now)
+
+
+def _root_error(message: str) -> str:
+    """The engine's root error out of an EngineError's message ("... Error: X. Likely cause: ... Log ...")."""
+    found = re.search(r" Error: (.*?)\.?(?: Likely cause:| Log |$)", message, re.S)
+    text = found.group(1) if found else message.split(" Log ", 1)[0]
+    return " ".join(text.split())[:400]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _quantized(scheme: str, base: Path, workdir: Path) -> Path:
