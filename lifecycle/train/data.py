@@ -5,6 +5,7 @@ Bad rows are reported all at once as `FILE:LINE: field: message`, before anythin
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from typing import Any
 
 from lifecycle.errors import RecipeError
 from lifecycle.manifest import sha256_file
-from lifecycle.recipe.schema import DataFormat
+from lifecycle.recipe.load import data_files
+from lifecycle.recipe.schema import DataFormat, DataSpec
 from lifecycle.runs import DataStats
 
 _MAX_PROBLEMS = 20
@@ -31,36 +33,93 @@ class Example:
     target: str | None  # the expected completion text
 
 
+_SAVE_AS_UTF8 = "save the file as UTF-8"
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed row); a line that is not JSON yields a ValueError in place of the row."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield lineno, ValueError(f"not valid JSON: {exc.msg}")
+    """(line number, parsed row); a line that is not UTF-8 text or not JSON yields a ValueError in place of the
+    row. Raises OSError if the file cannot be opened."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        wide = _wide_encoding(head)
+        if wide is not None:
+            problem = f"not UTF-8 text: the file is {wide} (it starts with a {wide} byte-order mark)"
+            yield 1, ValueError(f"{problem}; {_SAVE_AS_UTF8}")
+            return
+        fh.seek(len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0)  # some editors write one
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                column = len(raw[: exc.start].decode("utf-8")) + 1  # in characters, as an editor counts
+                problem = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})"
+                yield lineno, ValueError(f"{problem}; {_SAVE_AS_UTF8}")
+                continue
+            if not line.strip():
+                continue
+            if "\x00" in line:  # UTF-16 without a byte-order mark: every other byte of ASCII text is zero
+                yield lineno, ValueError(f"not UTF-8 text (NUL bytes: it looks like UTF-16); {_SAVE_AS_UTF8}")
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, ValueError(f"not valid JSON: {exc.msg}")
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """'UTF-16' or 'UTF-32' when the file's first bytes are that encoding's byte-order mark."""
+    # UTF-32 first: its little-endian mark begins with UTF-16's
+    for bom, name in (
+        (codecs.BOM_UTF32_LE, "UTF-32"),
+        (codecs.BOM_UTF32_BE, "UTF-32"),
+        (codecs.BOM_UTF16_LE, "UTF-16"),
+        (codecs.BOM_UTF16_BE, "UTF-16"),
+    ):
+        if head.startswith(bom):
+            return name
+    return None
 
 
 def load_examples(path: Path, fmt: DataFormat) -> list[Example]:
-    """Read and check a data file; raises RecipeError listing the bad rows (up to 20)."""
-    examples: list[Example] = []
-    problems: list[str] = []
-    for lineno, row in read_jsonl(path):
-        try:
-            if isinstance(row, ValueError):
-                raise row
-            examples.append(_convert(row, fmt, default_id=f"{path.stem}-{lineno}"))
-        except ValueError as exc:
-            problems.append(f"{path}:{lineno}: {exc}")
-            if len(problems) >= _MAX_PROBLEMS:
-                problems.append(f"{path}: stopped after {_MAX_PROBLEMS} bad rows")
-                break
-    if not examples and not problems:
-        problems.append(f"{path}:1: the data file has no rows")
+    """Read and check a data file; raises RecipeError listing every bad row (the first 20 in full)."""
+    examples, problems = _read_examples(path, fmt)
     if problems:
         raise RecipeError(problems)
     return examples
+
+
+def check_data(spec: DataSpec) -> list[str]:
+    """Every problem in a recipe's data files (train and eval, in the declared format) as `FILE:LINE: message`;
+    empty when training can read them. The same checks `load_examples` makes before training."""
+    return [problem for path in data_files(spec).values() for problem in _read_examples(path, spec.format)[1]]
+
+
+def _read_examples(path: Path, fmt: DataFormat) -> tuple[list[Example], list[str]]:
+    """The rows that convert, and a problem for each bad row (the first 20; then how many more)."""
+    examples: list[Example] = []
+    problems: list[str] = []
+    bad = 0
+    try:
+        for lineno, row in read_jsonl(path):
+            try:
+                if isinstance(row, ValueError):
+                    raise row
+                examples.append(_convert(row, fmt, default_id=f"{path.stem}-{lineno}"))
+            except ValueError as exc:
+                bad += 1
+                if bad <= _MAX_PROBLEMS:
+                    problems.append(f"{path}:{lineno}: {exc}")
+    except FileNotFoundError:
+        return [], [f"{path}: the data file does not exist"]
+    except IsADirectoryError:
+        return [], [f"{path}: is a folder, not a data file"]
+    except OSError as exc:
+        return [], [f"{path}: cannot be read: {exc.strerror or exc}"]
+    if bad > _MAX_PROBLEMS:
+        problems.append(f"{path}: {bad - _MAX_PROBLEMS} more bad rows not shown ({bad} in all)")
+    if not examples and not problems:
+        problems.append(f"{path}:1: the data file has no rows")
+    return examples, problems
 
 
 def _convert(row: Any, fmt: DataFormat, default_id: str) -> Example:
