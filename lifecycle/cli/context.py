@@ -72,7 +72,7 @@ class Context:
                     "lifecycle.serve_target": target.target,
                 },
             )
-        console.print(f"quantize.scheme {target.requested} -> [bold]{target.scheme}[/]: {target.reason}")
+        console.print(f"quantize.scheme: {target.reason}", markup=False)
 
     def launcher(self, loaded: LoadedRecipe) -> object:
         from lifecycle.train.stage import LocalLauncher
