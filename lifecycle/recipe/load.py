@@ -6,7 +6,10 @@ Every problem in a file is reported at once, one line each, as `FILE:LINE: field
 from __future__ import annotations
 
 import difflib
+import enum
 import hashlib
+import re
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check_files:
     text = _read(path)
     data = _parse(path, text)
     origins: dict[tuple[str, ...], str] = {}
-    problems = apply_overrides(data, overrides, origins)
+    problems = [f"{path}: {problem}" for problem in apply_overrides(data, overrides, origins)]
     _resolve_paths(data, path.parent)
     recipe, more = validate_model(
         Recipe, data, path, context={"skip_file_checks": not check_files}, origins=origins
@@ -61,7 +64,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check_files:
 def locate(loaded: LoadedRecipe, *loc: str | int) -> str:
     """`FILE:LINE` (or the override) where the value at `loc` of a loaded recipe came from: for checks that
     run after validation (SkyPilot's catalog, the gate's task registry) to report like schema errors."""
-    origins = {tuple(item.partition("=")[0].split(".")): item for item in loaded.overrides}
+    origins = {
+        tuple(str(p) for p in _override_path(item.partition("=")[0])): item for item in loaded.overrides
+    }
     return _origin(_parse(loaded.path, loaded.text), tuple(loc), loaded.path, origins)
 
 
@@ -110,36 +115,91 @@ def apply_overrides(
     data: CommentedMap, overrides: Iterable[str], origins: dict[tuple[str, ...], str]
 ) -> list[str]:
     """Apply `a.b.c=value` overrides in place (value parsed as YAML), recording in `origins` which override
-    set which key path so errors can name it. Returns problems."""
+    set which key path so errors can name it. List items are addressed as `a.b[0].c` or `a.b.0.c`; an index
+    must name an existing item. Returns problems as `override 'a.b=x': field: message`."""
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            problems.append(f"override {item!r}: expected key.path=value")
+        try:
+            if not sep or not key:
+                raise ValueError("expected key.path=value")
+            parts = _override_path(key)
+        except ValueError as exc:
+            problems.append(f"override {item!r}: {exc}")
             continue
         try:
             value = YAML(typ="safe").load(raw) if raw.strip() else ""
         except Exception:
             value = raw
-        node: Any = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                problems.append(f"override {item!r}: {part!r} is not a mapping")
-                break
-            if part not in node or not isinstance(node[part], (dict, list)):
-                node[part] = CommentedMap()
-            node = node[part]
+        problem = _set_path(data, parts, value)
+        if problem:
+            problems.append(f"override {item!r}: {problem}")
         else:
-            if isinstance(node, list) and parts[-1].isdigit():
-                node[int(parts[-1])] = value
-            else:
-                node[parts[-1]] = value
-            origins[tuple(parts)] = item
+            origins[tuple(str(p) for p in parts)] = item
     return problems
+
+
+_KEY_SEGMENT = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
+
+
+def _override_path(key: str) -> list[str | int]:
+    """`a.b[0].c`, `a.b[0][1]` or `a.b.0.c` as keys (str) and list indexes (int); ValueError if malformed."""
+    parts: list[str | int] = []
+    for segment in key.split("."):
+        match = _KEY_SEGMENT.fullmatch(segment.strip())
+        if match is None:
+            raise ValueError(f"{key!r} is not a key path like 'a.b.c' or 'a.b[0].c'")
+        name, indexes = match.groups()
+        parts.append(int(name) if name.isascii() and name.isdigit() else name)
+        parts += [int(i) for i in re.findall(r"\d+", indexes)]
+    return parts
+
+
+def _set_path(data: CommentedMap, parts: list[str | int], value: Any) -> str | None:
+    """Set `value` at `parts`, creating missing mappings (never lists). Returns `field: message` if the path
+    cannot be set, and then `data` is unchanged."""
+    node: Any = data
+    for depth, part in enumerate(parts):
+        field, parent = _dotted(parts[: depth + 1]), _dotted(parts[:depth])
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                return f"{field}: {parent} is {_describe(node)}, not a list"
+            if part >= len(node):
+                count = f"{len(node)} item" + ("" if len(node) == 1 else "s")
+                return f"{field}: index out of range (the list has {count})"
+        elif not isinstance(node, dict):
+            return f"{field}: {parent} is {_describe(node)}, not a mapping"
+        rest = parts[depth + 1 :]
+        if rest and isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+            # the rest of the path is not in the file (or replaces a scalar): it becomes nested mappings,
+            # so an index into it has nothing to point at
+            first = next((i for i, later in enumerate(rest) if isinstance(later, int)), None)
+            if first is not None:
+                where = parts[: depth + 1 + first]
+                problem = f"{_dotted(where)} is not in the recipe, so it has no items (set the whole list)"
+                if first == 0 and part in node:
+                    problem = f"{_dotted(where)} is {_describe(node[part])}, not a list"
+                return f"{_dotted(parts[: depth + 2 + first])}: {problem}"
+            for later in reversed(rest):
+                value = CommentedMap({later: value})
+            rest = []
+        if not rest:
+            node[part] = value
+            return None
+        node = node[part]
+    return None
+
+
+def _dotted(parts: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or "(top level)"
+
+
+def _describe(node: Any) -> str:
+    if isinstance(node, dict):
+        return "a mapping"
+    if isinstance(node, list):
+        return "a list"
+    return "null" if node is None else f"the value {node!r}"
 
 
 def _resolve_paths(data: CommentedMap, base: Path) -> None:
@@ -169,9 +229,38 @@ def validate_model(
     try:
         return model.model_validate(data, context=context), []
     except ValidationError as exc:
-        return None, [
-            _format_error(err, model, data, path, origins or {}) for err in exc.errors(include_url=False)
-        ]
+        errors = _merge_literal_unions(exc.errors(include_url=False))
+        return None, [_format_error(err, model, data, path, origins or {}) for err in errors]
+
+
+def _merge_literal_unions(errors: list[Any]) -> list[Any]:
+    """A value that fits no member of `Literal[...] | other` fails once per member, under pydantic's labels
+    ("literal['auto']", 'bool'). A scalar becomes one literal_error at the field that names the other members;
+    for a list or mapping the literal's error is dropped and the others lose the label."""
+    fields = {
+        tuple(err["loc"][:i]): err
+        for err in errors
+        for i, part in enumerate(err["loc"])
+        if err["type"] == "literal_error" and isinstance(part, str) and part.startswith("literal[")
+    }
+    out: list[Any] = []
+    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        field = next((f for f in fields if loc[: len(f)] == f and len(loc) > len(f)), None)
+        if field is None:
+            out.append(err)
+            continue
+        literal, label = fields[field], loc[len(field)]
+        if isinstance(literal["input"], (dict, list)):
+            if err is not literal:
+                out.append({**err, "loc": (*field, *loc[len(field) + 1 :])})
+        elif field not in done:
+            done[field] = {**literal, "loc": field, "ctx": {**literal.get("ctx", {}), "others": []}}
+            out.append(done[field])
+        if err is not literal and field in done and label not in done[field]["ctx"]["others"]:
+            done[field]["ctx"]["others"].append(label)
+    return out
 
 
 def _format_error(
@@ -180,6 +269,7 @@ def _format_error(
     loc: tuple[Any, ...] = tuple(err["loc"])
     # pydantic puts the union tag into the location ('method', 'lora', 'r'); readers know only their keys
     loc = tuple(part for part in loc if not _is_union_tag(part, data, loc))
+    union_loc = loc
     if err["type"] == "union_tag_invalid" and isinstance(err.get("ctx", {}).get("discriminator"), str):
         loc = (*loc, err["ctx"]["discriminator"].strip("'"))  # point at the tag's own line
     where = _origin(data, loc, path, origins)
@@ -189,23 +279,80 @@ def _format_error(
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1], data)
         message = f"unknown field {loc[-1]!r}"
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        guess = _closest(str(loc[-1]), allowed)
         if guess:
-            message += f"; did you mean {guess[0]!r}?"
+            message += f"; did you mean {guess!r}?"
         if allowed:
             message += f" (allowed: {', '.join(sorted(allowed))})"
+    elif kind in ("literal_error", "enum"):
+        choices = _choices(_annotation_at(model, loc, data)) or _quoted(
+            err.get("ctx", {}).get("expected", "")
+        )
+        others = err.get("ctx", {}).get("others", ())
+        message = _unknown("value", err.get("input"), choices, others) if choices else message
     elif kind == "missing":
         message = "required field is missing"
     elif kind == "value_error":
         message = message.removeprefix("Value error, ")
     elif kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
-        message = f"unknown {ctx.get('discriminator', 'kind')} {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+        tag_field = str(ctx.get("discriminator", "kind")).strip("'")
+        tags = _tags(_annotation_at(model, union_loc, data), tag_field) or _quoted(
+            ctx.get("expected_tags", "")
+        )
+        message = _unknown(tag_field, ctx.get("tag"), tags)
     elif kind == "union_tag_not_found":
         message = (
             f"missing {err.get('ctx', {}).get('discriminator', 'kind')}, which says which variant this is"
         )
     return f"{where}: {dotted}: {message}"
+
+
+def _closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice nearest to a typo, ignoring case (`fp8_dynamic` -> `FP8_DYNAMIC`); None if none is close."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    guess = difflib.get_close_matches(word.lower(), by_lower, n=1, cutoff=0.6)
+    return by_lower[guess[0]] if guess else None
+
+
+def _unknown(what: str, value: Any, choices: Sequence[Any], others: Sequence[str] = ()) -> str:
+    """`unknown value 'x'; did you mean 'y'? (allowed: 'y', 'z')` for a value outside a fixed set; `others`
+    names the other types a union accepts."""
+    allowed = ", ".join([repr(c) for c in choices] + [f"or a {other}" for other in others])
+    if isinstance(value, (dict, list)):
+        return f"expected one of {allowed}, not a {'mapping' if isinstance(value, dict) else 'list'}"
+    message = f"unknown {what} {value!r}"
+    guess = _closest(str(value), [c for c in choices if isinstance(c, str)])
+    if guess is not None and guess != value:
+        message += f"; did you mean {guess!r}?"
+    return f"{message} (allowed: {allowed})"
+
+
+def _choices(annotation: Any) -> list[Any]:
+    """The values a Literal or Enum annotation (or a union of them) allows, in declaration order."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return list(typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [member.value for member in annotation]
+    if origin is not None:  # Annotated, Optional, unions
+        return [c for arg in typing.get_args(annotation) for c in _choices(arg)]
+    return []
+
+
+def _tags(annotation: Any, tag_field: str) -> list[Any]:
+    """The tags of a discriminated union: each variant model's Literal `tag_field`."""
+    return [
+        tag
+        for arg in typing.get_args(annotation)
+        if isinstance(arg, type) and issubclass(arg, BaseModel) and tag_field in arg.model_fields
+        for tag in _choices(arg.model_fields[tag_field].annotation)
+    ] or [tag for arg in typing.get_args(annotation) for tag in _tags(arg, tag_field)]
+
+
+def _quoted(expected: str) -> list[str]:
+    """The quoted values in pydantic's `'a', 'b' or 'c'`: the fallback when the schema cannot be walked."""
+    return re.findall(r"'([^']*)'", expected)
 
 
 def _is_union_tag(part: Any, data: Any, loc: tuple[Any, ...]) -> bool:
@@ -262,29 +409,37 @@ def _origin(
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> list[str]:
     """Field names of the model that sits at `loc` (following unions by their 'kind' in the data)."""
-    current: Any = model
-    node = data
-    for part in loc:
-        node = node.get(part) if isinstance(node, dict) else (node[part] if isinstance(node, list) else None)
-        if isinstance(part, int):
-            current = _inner(current)
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        fields = {f.alias or name: f for name, f in current.model_fields.items()}
-        if part not in fields:
-            return []
-        current = _pick(fields[part].annotation, node)
-    current = _pick(current, node)
+    current = _annotation_at(model, loc, data)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return [f.alias or name for name, f in current.model_fields.items()]
     return []
 
 
+def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> Any:
+    """The annotation of what sits at `loc` (unions resolved by the data's 'kind'); None if `loc` leaves
+    the schema."""
+    current: Any = model
+    node = data
+    for part in loc:
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+            node = node[part] if in_list else None
+        if isinstance(part, int):
+            current = _inner(current)
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        fields = {f.alias or name: f for name, f in current.model_fields.items()}
+        if part not in fields:
+            return None
+        current = _pick(fields[part].annotation, node)
+    return _pick(current, node)
+
+
 def _pick(annotation: Any, node: Any) -> Any:
     """Resolve Optional/list/Annotated/union annotations to the model class the node is an instance of."""
-    import typing
-
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _pick(typing.get_args(annotation)[0], node)
@@ -307,8 +462,6 @@ def _pick(annotation: Any, node: Any) -> Any:
 
 
 def _inner(annotation: Any) -> Any:
-    import typing
-
     args = typing.get_args(annotation)
     return args[0] if args else annotation
 

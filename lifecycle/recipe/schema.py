@@ -271,6 +271,40 @@ class RegisterSpec(Strict):
     model_name: str = Field(description="Registered model name in MLflow.")
     alias: str = Field("candidate", description="Alias set on a version that passed the gate.")
 
+    # MLflow's own rules (mlflow.utils.validation `_validate_model_name`, `_validate_model_alias_name[_reserved]`,
+    # the file store's extra '%', the registry database's 256-character name column), checked here so a bad
+    # name fails at load, not after hours of training. Spaces at the ends MLflow would keep; we refuse them.
+    @field_validator("model_name")
+    @classmethod
+    def _mlflow_model_name(cls, value: str) -> str:
+        cls._no_edge_spaces(value)
+        if bad := sorted({c for c in value if c in "/:%"}):
+            raise ValueError(f"{value!r}: MLflow model names cannot contain {' or '.join(map(repr, bad))}")
+        if value == "." or value.startswith(".."):
+            raise ValueError(f"{value!r}: MLflow model names cannot be '.' or start with '..'")
+        if len(value) > 256:
+            raise ValueError(f"MLflow model names are at most 256 characters; this one has {len(value)}")
+        return value
+
+    @field_validator("alias")
+    @classmethod
+    def _mlflow_alias(cls, value: str) -> str:
+        cls._no_edge_spaces(value)
+        if not re.fullmatch(r"[\w-]+", value):
+            raise ValueError(f"{value!r}: MLflow aliases may only contain letters, digits, '_' and '-'")
+        if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+            raise ValueError(f"{value!r}: MLflow reserves 'latest' and version aliases like 'v3'")
+        if len(value) > 255:
+            raise ValueError(f"MLflow aliases are at most 255 characters; this one has {len(value)}")
+        return value
+
+    @staticmethod
+    def _no_edge_spaces(value: str) -> None:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if value != value.strip():
+            raise ValueError(f"{value!r} has spaces at the start or end; remove them")
+
 
 # ----------------------------------------------------------------------------------------------- recipe
 

@@ -68,7 +68,7 @@ def test_good_recipe_loads(folder: Path) -> None:
         ("  r: 8", "  rank: 8", 10, "method.rank", "allowed: alpha, dropout, kind, r, target_modules"),
         ("max_steps: 10", "max_step: 10", 12, "training.max_step", "did you mean 'max_steps'"),
         ("train: train.jsonl", "train: nope.jsonl", 5, "data.train", "does not exist"),
-        ("format: messages", "format: chat", 7, "data.format", "'messages', 'prompt_completion' or 'text'"),
+        ("format: messages", "format: chat", 7, "data.format", "'messages', 'prompt_completion', 'text'"),
         ("base: builtin:tiny-llama", "base: builtin:huge", 3, "model.base", "allowed: tiny-llama"),
         ("base: builtin:tiny-llama", "base: ./no/such/dir", 3, "model.base", "does not exist"),
         ("name: t", "name: Not A Slug", 1, "name", "pattern"),
