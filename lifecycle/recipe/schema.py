@@ -195,10 +195,13 @@ Launch = Annotated[LocalLaunch | SkyLaunch, Field(discriminator="kind")]
 # ----------------------------------------------------------------------------------------------- quantize
 
 
-# FP8_DYNAMIC: FP8 weights per channel, dynamic per-token activations: the choice on Hopper GPUs.
-# FP8_BLOCK: FP8 weights in 128x128 blocks: the FP8 scheme vLLM has a fast kernel for on (AMX) CPUs.
+# FP8: whichever FP8 layout serves on the target and is fastest there (resolved before training, recorded).
+# FP8_DYNAMIC: FP8 weights per channel, dynamic per-token activations: the choice on Hopper/Ada GPUs.
+# FP8_BLOCK: FP8 weights in 128x128 blocks: the FP8 layout vLLM has a fast kernel for on AMX CPUs.
 # FP8_STATIC / W8A8_STATIC: activation scales calibrated on the recipe's training rows. W4A16: int4 weights.
-QuantScheme = Literal["FP8_DYNAMIC", "FP8_BLOCK", "FP8_STATIC", "W8A8_STATIC", "W8A8", "W4A16", "none"]
+QuantScheme = Literal["FP8", "FP8_DYNAMIC", "FP8_BLOCK", "FP8_STATIC", "W8A8_STATIC", "W8A8", "W4A16", "none"]
+# What an artifact is actually quantized with: every scheme but the "FP8" that resolves to one of them.
+ConcreteScheme = Literal["FP8_DYNAMIC", "FP8_BLOCK", "FP8_STATIC", "W8A8_STATIC", "W8A8", "W4A16", "none"]
 
 
 class ChainCheckSpec(Strict):
@@ -216,7 +219,18 @@ class ChainCheckSpec(Strict):
 
 
 class QuantizeSpec(Strict):
-    scheme: QuantScheme = Field("FP8_DYNAMIC", description="llmcompressor scheme for the served artifact.")
+    scheme: QuantScheme = Field(
+        "FP8",
+        description="llmcompressor scheme for the served artifact. 'FP8' resolves to the FP8 layout that serves "
+        "on the target and is fastest there (see `lifecycle doctor`); a named scheme the target cannot serve "
+        "is refused before training.",
+    )
+    serve_on: str | None = Field(
+        None,
+        description="Where the artifact will be served: 'local' (this host; its engine is probed) or a GPU "
+        "name such as 'H100' or 'L40S'. Default: 'local' for local launches, the training accelerator for "
+        "SkyPilot launches.",
+    )
     calibration_samples: int = Field(
         64, gt=0, description="Static schemes: rows drawn from the training data."
     )
