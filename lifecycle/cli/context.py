@@ -29,11 +29,16 @@ class Context:
     settings: Settings
     project_dir: Path = field(default_factory=Path.cwd)
 
-    @cached_property
-    def tracker(self) -> Tracker:
+    def check_store(self) -> None:
+        """Exit 2 naming the URI when the MLflow store cannot be reached: seconds, not the client's minutes of
+        retries. Writes nothing."""
         from lifecycle.preflight import check_tracking_store
 
-        check_tracking_store(self.settings.tracking_uri)  # seconds, not the client's minutes of retries
+        check_tracking_store(self.settings.tracking_uri)
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        self.check_store()
         return Tracker(self.settings.tracking_uri, self.settings.artifacts_dir)
 
     def preflight(self, loaded: LoadedRecipe) -> Checked:

@@ -27,7 +27,7 @@ def train(
 
     overrides = list(override) + ([f"launch.kind={on}"] if on else [])
     ctx = load_context()
-    ctx.tracker  # noqa: B018  the store answers, or exit 2 naming it: before minutes of checks and training
+    ctx.check_store()  # the store answers, or exit 2 naming it: before minutes of checks and training
     if run_dir is not None:
         run = RunDir(run_dir)
         if not run.exists():

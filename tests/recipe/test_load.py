@@ -138,15 +138,27 @@ def test_every_shipped_recipe_validates(path: Path) -> None:
     load_recipe(path)
 
 
+# What `validate` needs beyond the schema to say ok: a gate (nothing is registered without one), and a serving
+# target whose schemes are known without probing this host (a GPU kind from the table).
+RUNNABLE = """\
+gate:
+  tasks:
+    - task: support-tickets
+      rules: [{kind: improve, metric: exact_match}]
+quantize:
+  serve_on: H100
+"""
+
+
 def test_cli_validate_exit_codes(folder: Path) -> None:
     bad = folder / "bad.yaml"
-    bad.write_text(GOOD.replace("learning_rate: 1.0e-3", "learning_rate: -1"))
+    bad.write_text(GOOD.replace("learning_rate: 1.0e-3", "learning_rate: -1") + RUNNABLE)
     good = folder / "good.yaml"
-    good.write_text(GOOD)
+    good.write_text(GOOD + RUNNABLE)
     cli = [sys.executable, "-m", "lifecycle.cli.app", "validate"]
-    ok = subprocess.run([*cli, str(good)], capture_output=True, text=True)
+    ok = subprocess.run([*cli, str(good)], capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr
-    failed = subprocess.run([*cli, str(good), str(bad)], capture_output=True, text=True)
+    failed = subprocess.run([*cli, str(good), str(bad)], capture_output=True, text=True, cwd=REPO)
     assert failed.returncode == 2
     assert f"{bad}:13: training.learning_rate:" in failed.stderr
     assert "Traceback" not in failed.stderr + failed.stdout
