@@ -259,7 +259,8 @@ def _root_error(message: str) -> str:
     """The engine's root error out of an EngineError's message ("... Error: X. Likely cause: ... Log ...")."""
     found = re.search(r" Error: (.*?)\.?(?: Likely cause:| Log |$)", message, re.S)
     text = found.group(1) if found else message.split(" Log ", 1)[0]
-    text = re.sub(r"[.:]?\s*Reasons:\s*$", "", " ".join(text.split()))  # vLLM lists the reasons on later lines
+    # vLLM lists the reasons on the lines after "Reasons:"; the first line says what failed
+    text = re.sub(r"[.:]?\s*Reasons:\s*$", "", " ".join(text.split()))
     return text[:400]
 
 
