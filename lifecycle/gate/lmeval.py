@@ -20,12 +20,14 @@ tokenizers, as in pre-training); a chat prompt gets none beyond what the templat
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import json
+import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -226,8 +228,12 @@ def evaluate_server(
     seed: int = 0,
     max_length: int | None = None,
     timeout_s: int = 300,
+    log_path: Path | None = None,
 ) -> list[TaskRun]:
     """Evaluate every task against a running OpenAI-compatible server, greedily; one TaskRun per task.
+
+    lm-eval's own log (its known-benign notes such as "Batch size > 1 detected") goes to `log_path`, not the
+    terminal.
 
     `completions_url` is the full `/v1/completions` URL: lm-eval's `local-completions` sends token ids made
     with the tokenizer in `tokenizer_dir` (so log-likelihood tasks work: it asks for `echo` + `logprobs`),
@@ -236,6 +242,56 @@ def evaluate_server(
     template (one prompt per request). `model_name` is the served name (an adapter's name selects it).
     `max_length` (context, tokens) defaults to the model's `max_position_embeddings` in `tokenizer_dir`.
     """
+    with library_logs_to(log_path):
+        return _evaluate_server(
+            resolved,
+            completions_url=completions_url,
+            chat_url=chat_url,
+            model_name=model_name,
+            tokenizer_dir=tokenizer_dir,
+            limit=limit,
+            num_concurrent=num_concurrent,
+            batch_size=batch_size,
+            seed=seed,
+            max_length=max_length,
+            timeout_s=timeout_s,
+        )
+
+
+@contextlib.contextmanager
+def library_logs_to(path: Path | None) -> Iterator[None]:
+    """Send the `lm_eval` logger to a file (or nowhere) for the duration, instead of the terminal."""
+    logger = logging.getLogger("lm_eval")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    handler: logging.Handler = logging.NullHandler()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate, logger.handlers = saved[1], saved[2]
+
+
+def _evaluate_server(
+    resolved: ResolvedTasks,
+    *,
+    completions_url: str,
+    chat_url: str | None,
+    model_name: str,
+    tokenizer_dir: Path,
+    limit: Limit,
+    num_concurrent: int,
+    batch_size: int,
+    seed: int,
+    max_length: int | None,
+    timeout_s: int,
+) -> list[TaskRun]:
     from lm_eval.api.registry import get_model
 
     tokenizer_dir = Path(tokenizer_dir).resolve()

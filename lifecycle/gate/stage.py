@@ -115,6 +115,7 @@ def run(
                 tokenizer_dir=model_dir,
                 limit=limits,
                 seed=recipe.gate.seed,
+                log_path=out / "lm-eval.log",
             )
     verdict = decide(recipe.gate, lmeval.pair(runs["candidate"], runs["baseline"], runs["merged"]))
     out.mkdir(parents=True, exist_ok=True)
