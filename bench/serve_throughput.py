@@ -8,6 +8,7 @@ a fixed concurrency; generated tokens per second are printed with ratios against
 
 On a 2-core CPU with a tiny model the figures measure the server's per-request overhead and vLLM-CPU's kernels,
 not FP8's bandwidth saving; on a Hopper GPU with a real model, vLLM reports up to 1.6x for FP8 over bf16.
+A layout this host's engine cannot serve (FP8_BLOCK without AMX, for one) is listed with the engine's error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from lifecycle.engines.probe import root_error
+from lifecycle.errors import EngineError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,12 +96,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         models = quantized_copies(merged, Path(tmp), args.schemes.split(","))
         prompts = prompts_for(merged, args.requests)
-        results = {
-            name: measure(
-                path, prompts, args.concurrency, args.max_tokens, args.serve_python, Path(tmp) / "logs"
-            )
-            for name, path in models.items()
-        }
+        results, refused = {}, {}
+        for name, path in models.items():
+            try:
+                results[name] = measure(
+                    path, prompts, args.concurrency, args.max_tokens, args.serve_python, Path(tmp) / "logs"
+                )
+            except EngineError as exc:  # this host's engine cannot serve the layout: a figure, not a crash
+                refused[name] = root_error(str(exc))
     base = results["bf16"]["tok_per_s"]
     print(
         f"{args.requests} requests, concurrency {args.concurrency}, up to {args.max_tokens} tokens, model {merged}"
@@ -108,6 +114,8 @@ def main() -> None:
             f"{name:<12} {r['startup_s']:8.1f} {r['wall_s']:8.2f} {r['tokens']:7d} {r['tok_per_s']:9.1f} "
             f"{r['tok_per_s'] / base:7.2f}x"
         )
+    for name, why in refused.items():
+        print(f"{name:<12} does not serve on this host: {why}")
 
 
 if __name__ == "__main__":

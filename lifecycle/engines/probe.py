@@ -251,11 +251,11 @@ def measure(scheme: str, model_dir: Path, *, serve_python: Path, workdir: Path) 
         with serve(VllmSpec(model_dir=model_dir.resolve()), python=serve_python, workdir=workdir) as server:
             rate = _tokens_per_s(server)
     except EngineError as exc:
-        return SchemeSupport(scheme=scheme, serves=False, error=_root_error(str(exc)), probed_at=now)
+        return SchemeSupport(scheme=scheme, serves=False, error=root_error(str(exc)), probed_at=now)
     return SchemeSupport(scheme=scheme, serves=True, tokens_per_s=round(rate, 1), probed_at=now)
 
 
-def _root_error(message: str) -> str:
+def root_error(message: str) -> str:
     """The engine's root error out of an EngineError's message ("... Error: X. Likely cause: ... Log ...")."""
     found = re.search(r" Error: (.*?)\.?(?: Likely cause:| Log |$)", message, re.S)
     text = found.group(1) if found else message.split(" Log ", 1)[0]
