@@ -36,7 +36,12 @@ class Registry:
         try:
             self.client.get_registered_model(name)
         except MlflowException:
-            self.client.create_registered_model(name, description=description or None)
+            try:
+                self.client.create_registered_model(name, description=description or None)
+            except MlflowException as exc:
+                # another run (a sweep of the same recipe) created it after we looked
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
 
     def register(
         self,

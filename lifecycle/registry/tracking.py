@@ -6,9 +6,11 @@ same code at an `mlflow server` (Postgres behind it) by setting the URI.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +41,39 @@ class Tracker:
 
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        db = _sqlite_file(tracking_uri)
+        if db is None:
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            return
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # The first time a process opens a sqlite store, MLflow creates any missing tables, runs the alembic
+        # migrations and inserts the Default experiment, with no lock: processes opening a fresh store together
+        # (a sweep, a CI matrix) break each other's set-up. Opening it under a file lock makes one of them set
+        # it up and the others find it done. The stores are cached per process, so later Trackers do no set-up.
+        with _file_lock(db.with_name(db.name + ".lock")):
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # tracking store
+            self.client.search_registered_models(max_results=1)  # the registry store, otherwise opened lazily
 
     def experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
         location = None
         if self.artifact_root is not None and not self.tracking_uri.startswith(("http://", "https://")):
             location = (self.artifact_root / name).resolve().as_uri()
-        return str(self.client.create_experiment(name, artifact_location=location))
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        found = self.client.get_experiment_by_name(name)  # another process created it after we looked
+        if found is None:
+            raise RegistryError(
+                f"MLflow experiment {name!r} at {self.tracking_uri}: exists, yet cannot be read"
+            )
+        return str(found.experiment_id)
 
     def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=dict(tags))
@@ -114,6 +137,22 @@ class Tracker:
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
         return [a.path for a in self.client.list_artifacts(run_id, path)]
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite tracking URI (sqlite:///relative or sqlite:////absolute); None otherwise."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on this machine (and NFS clients, where flock maps to NFS locks)."""
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
