@@ -15,6 +15,7 @@ stage's result as JSON. Any stage can be rerun or resumed from the one before it
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import shutil
 from pathlib import Path
 from typing import TypeVar
@@ -35,7 +36,7 @@ class RunInfo(Frozen):
     run_id: str
     recipe_name: str
     recipe_sha256: str
-    created: str
+    created: str  # created_stamp(): 2025-01-31T09:30:00.123456 (runs made before it stop at the second)
     mlflow_run_id: str | None = None
     overrides: tuple[str, ...] = ()
 
@@ -74,9 +75,18 @@ class TrainResult(Frozen):
     launch: dict[str, str]
 
 
-def new_run_id(recipe_name: str, now: dt.datetime | None = None) -> str:
+def new_run_id(recipe_name: str, now: dt.datetime | None = None, token: str | None = None) -> str:
+    """`<recipe>-<YYYYmmdd-HHMMSS>-<6 hex>`: a recipe's runs sort by start time, and the random tail keeps apart
+    runs started in the same second (a sweep, a CI matrix, other machines sharing the store). Unique on one disk
+    only once claimed: see `lifecycle.train.stage.prepare`."""
     now = now or dt.datetime.now()
-    return f"{recipe_name}-{now.strftime('%Y%m%d-%H%M%S')}"
+    token = secrets.token_hex(3) if token is None else token
+    return f"{recipe_name}-{now.strftime('%Y%m%d-%H%M%S')}-{token}"
+
+
+def created_stamp(now: dt.datetime) -> str:
+    """RunInfo.created: local time to the microsecond, so runs started in the same second still sort."""
+    return now.isoformat(timespec="microseconds")
 
 
 class RunDir:
@@ -149,8 +159,10 @@ def list_runs(root: Path) -> list[RunDir]:
     """Run directories under `root`, newest first."""
     if not root.is_dir():
         return []
-    runs = [RunDir(p) for p in root.iterdir() if (p / "run.json").is_file()]
-    return sorted(runs, key=lambda r: r.info().created, reverse=True)
+    runs = [(RunDir(p), RunDir(p).info()) for p in root.iterdir() if (p / "run.json").is_file()]
+    # created strings of older runs stop at the second and sort just before this format's; the id breaks ties
+    runs.sort(key=lambda pair: (pair[1].created, pair[1].run_id), reverse=True)
+    return [run for run, _ in runs]
 
 
 def resolve_run(root: Path, ref: str) -> RunDir:

@@ -6,7 +6,9 @@ run(RunDir) -> TrainResult              launch (local | sky), verify the weights
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,11 +23,14 @@ from lifecycle.launch.checkpoints import latest_committed
 from lifecycle.provenance import git_commit, library_versions
 from lifecycle.recipe.load import LoadedRecipe, data_files, load_recipe
 from lifecycle.registry.tracking import Tracker, flatten
-from lifecycle.runs import Cost, RunDir, RunInfo, TrainResult, list_runs, new_run_id
-from lifecycle.train.data import load_examples, stats
+from lifecycle.runs import Cost, DataStats, RunDir, RunInfo, TrainResult, created_stamp, list_runs, new_run_id
+from lifecycle.train.data import Example, load_examples, stats
 from lifecycle.train.worker import WORKER_RESULT, WorkerResult
 
+log = logging.getLogger(__name__)
+
 STAGE = "train"
+CLAIM_ATTEMPTS = 20  # fresh random ids; more than a couple of collisions means something else is wrong
 
 
 class Launcher(Protocol):
@@ -58,27 +63,64 @@ def find_resumable(runs_dir: Path, recipe_name: str) -> RunDir | None:
 
 def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir: Path) -> RunDir:
     """Create a self-contained run directory and its MLflow run. Checks every data row first: a bad row
-    stops here, before anything is written."""
+    stops here, before anything is written. Safe to call from several processes at once (a sweep): each gets
+    its own run id and folder. If it fails or is stopped, the MLflow run ends (FAILED or KILLED) and the
+    half-written folder goes."""
     recipe = loaded.recipe
     examples = {
         split: load_examples(path, recipe.data.format) for split, path in data_files(recipe.data).items()
     }
-    run_id = new_run_id(recipe.name)
+    now = dt.datetime.now()
+    mlflow_run: str | None = None
+    tmp, run_id = _claim_run_dir(runs_dir, recipe.name, now)
     run = RunDir(runs_dir / run_id)
-    tmp = RunDir(runs_dir / f".{run_id}.tmp")
-    shutil.rmtree(tmp.path, ignore_errors=True)
-    tmp.data_dir.mkdir(parents=True)
+    try:
+        data_stats = _write_run_files(loaded, tmp, examples)
+        mlflow_run = tracker.start_run(recipe.name, run_id, _run_tags(loaded, run, project_dir))
+        _log_run_inputs(tracker, mlflow_run, loaded, tmp, data_stats)
+        tmp.write_info(
+            RunInfo(
+                run_id=run_id,
+                recipe_name=recipe.name,
+                recipe_sha256=loaded.sha256,
+                created=created_stamp(now),
+                mlflow_run_id=mlflow_run,
+                overrides=loaded.overrides,
+            )
+        )
+        tmp.path.rename(run.path)  # the run exists only once complete
+    except BaseException as exc:
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        # as in pipeline.recorded: a stop (Ctrl-C, a signal: not an Exception) is KILLED, an error FAILED
+        if mlflow_run is not None:
+            _end_run(tracker, mlflow_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+    return run
+
+
+def _write_run_files(
+    loaded: LoadedRecipe, tmp: RunDir, examples: dict[str, list[Example]]
+) -> dict[str, DataStats]:
+    """Copy the data and the recipe into the claimed, empty run folder; returns the data's statistics."""
+    recipe = loaded.recipe
+    tmp.data_dir.mkdir()
     local_paths = {}
     for split, path in data_files(recipe.data).items():
-        target = tmp.data_dir / f"{split}.jsonl"
-        shutil.copy2(path, target)
+        shutil.copy2(path, tmp.data_dir / f"{split}.jsonl")
         local_paths[split] = f"data/{split}.jsonl"
     _write_run_recipe(loaded, tmp.recipe_path, local_paths)
     (tmp.path / "recipe.source.yaml").write_text(loaded.text)
     load_recipe(tmp.recipe_path)  # the copy must validate exactly like the original
-
     data_stats = {split: stats(path, examples[split]) for split, path in data_files(recipe.data).items()}
-    tags = {
+    manifest.write_json_atomic(
+        tmp.path / "data_stats.json", {k: v.model_dump() for k, v in data_stats.items()}
+    )
+    return data_stats
+
+
+def _run_tags(loaded: LoadedRecipe, run: RunDir, project_dir: Path) -> dict[str, str]:
+    recipe = loaded.recipe
+    return {
         "lifecycle.recipe": recipe.name,
         "lifecycle.recipe_sha256": loaded.sha256,
         "lifecycle.recipe_path": str(loaded.path),
@@ -88,8 +130,12 @@ def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir:
         "lifecycle.launch": recipe.launch.kind,
         "mlflow.source.name": "lifecycle train",
     }
-    mlflow_run = tracker.start_run(recipe.name, run_id, tags)
-    params = flatten(recipe.model_dump(mode="json"))
+
+
+def _log_run_inputs(
+    tracker: Tracker, mlflow_run: str, loaded: LoadedRecipe, tmp: RunDir, data_stats: dict[str, DataStats]
+) -> None:
+    params = flatten(loaded.recipe.model_dump(mode="json"))
     for split, s in data_stats.items():
         params[f"data.{split}.sha256"] = s.sha256
         params[f"data.{split}.rows"] = s.rows
@@ -98,21 +144,34 @@ def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir:
     tracker.set_tags(mlflow_run, {f"version.{k}": v for k, v in library_versions().items()})
     tracker.log_artifact(mlflow_run, tmp.path / "recipe.source.yaml", "recipe")
     tracker.log_artifact(mlflow_run, tmp.recipe_path, "recipe")
-    manifest.write_json_atomic(
-        tmp.path / "data_stats.json", {k: v.model_dump() for k, v in data_stats.items()}
-    )
-    tmp.write_info(
-        RunInfo(
-            run_id=run_id,
-            recipe_name=recipe.name,
-            recipe_sha256=loaded.sha256,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            mlflow_run_id=mlflow_run,
-            overrides=loaded.overrides,
-        )
-    )
-    tmp.path.rename(run.path)  # the run exists only once complete
-    return run
+
+
+def _claim_run_dir(runs_dir: Path, recipe_name: str, now: dt.datetime) -> tuple[RunDir, str]:
+    """A new run id and its temporary folder, created by this process alone: mkdir fails when another process
+    (or an earlier run) holds the name, and then we draw another id."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(CLAIM_ATTEMPTS):
+        run_id = new_run_id(recipe_name, now)
+        tmp = runs_dir / f".{run_id}.tmp"
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue
+        # The final folder appears only by renaming a claimed temporary one, so once we hold `tmp` nobody else
+        # can create it; it may still be there from a finished run of the same id.
+        if (runs_dir / run_id).exists():
+            tmp.rmdir()
+            continue
+        return RunDir(tmp), run_id
+    raise StageError(f"{runs_dir}: could not claim a new run directory in {CLAIM_ATTEMPTS} attempts")
+
+
+def _end_run(tracker: Tracker, mlflow_run: str, status: str) -> None:
+    """End the MLflow run without hiding the error or the stop that got us here."""
+    try:
+        tracker.end_run(mlflow_run, status)
+    except Exception as exc:
+        log.warning("MLflow run %s could not be marked %s: %s", mlflow_run, status, exc)
 
 
 def _write_run_recipe(loaded: LoadedRecipe, target: Path, data_paths: dict[str, str]) -> None:
