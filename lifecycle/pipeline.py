@@ -3,20 +3,31 @@ so any of them can be rerun on its own (`lifecycle quantize RUN`, `lifecycle gat
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
+from lifecycle import interrupt
+from lifecycle.errors import MissingResultError, UserInputError
 from lifecycle.gate.stage import GateResult
+from lifecycle.launch.checkpoints import latest_committed, step_of
 from lifecycle.quantize.chain import ChainReport
 from lifecycle.quantize.stage import QuantizeResult
 from lifecycle.recipe.load import LoadedRecipe
 from lifecycle.registry.stage import RegisteredVersion
-from lifecycle.runs import RunDir, TrainResult
+from lifecycle.registry.tracking import Tracker
+from lifecycle.runs import STAGES, RunDir, Stopped, TrainResult
 
 if TYPE_CHECKING:
     from lifecycle.cli.context import Context
+
+log = logging.getLogger(__name__)
 
 
 def run_stages(run: RunDir, loaded: LoadedRecipe, ctx: Context, console: Console) -> bool:
@@ -24,9 +35,8 @@ def run_stages(run: RunDir, loaded: LoadedRecipe, ctx: Context, console: Console
     from lifecycle.quantize import stage as quantize_stage
     from lifecycle.train import stage as train_stage
 
-    info = run.info()
     tracker = ctx.tracker
-    try:
+    with recorded(run, tracker, finish=True):
         trained = train_stage.run(run, ctx.launcher(loaded), tracker)  # type: ignore[arg-type]
         console.print(train_table(trained))
         with console.status(f"quantizing ({loaded.recipe.quantize.scheme})"):
@@ -41,13 +51,75 @@ def run_stages(run: RunDir, loaded: LoadedRecipe, ctx: Context, console: Console
             console.print(registered_line(registered))
         else:
             console.print(f"[bold red]gate failed[/]: nothing registered. Report: {gated.report_md}")
-    except BaseException:
-        if info.mlflow_run_id:
-            tracker.end_run(info.mlflow_run_id, "FAILED")
-        raise
-    if info.mlflow_run_id:
-        tracker.end_run(info.mlflow_run_id, "FINISHED")
     return gated.passed
+
+
+@contextlib.contextmanager
+def recorded(run: RunDir, tracker: Tracker, *, finish: bool) -> Iterator[None]:
+    """Continue `run` and, however the work ends, end its MLflow run once: KILLED on a stop signal or Ctrl-C,
+    FAILED on an error, FINISHED on success if `finish`. A stop or an error is also kept in the run directory
+    (`stopped.json`), for `lifecycle runs` and `lifecycle train --resume`; continuing the run clears it. A
+    refusal to start (bad input, an earlier stage's result missing) changes nothing."""
+    mlflow_run = run.info().mlflow_run_id
+    before = run.stopped()
+    run.mark_stopped(None)
+    try:
+        yield
+    except (UserInputError, MissingResultError):
+        run.mark_stopped(before)  # refused before anything started: the run stays as it was
+        raise
+    except BaseException as exc:
+        # the signal counts, not the exception that carries it out: cleanup on the way may raise another one
+        signum = interrupt.received() or _signal_of(exc)
+        stopped = _stopped(run, signum, exc)
+        run.mark_stopped(stopped)
+        if mlflow_run:
+            _end(tracker, mlflow_run, "KILLED" if signum else "FAILED")
+        if signum and interrupt.received():
+            kept = _kept(run.info().run_id, stopped)
+            if isinstance(exc, interrupt.Interrupted):
+                exc.kept = kept
+                raise
+            raise interrupt.Interrupted(signum, kept) from exc
+        raise
+    if finish and mlflow_run:
+        tracker.end_run(mlflow_run, "FINISHED")
+
+
+def _signal_of(exc: BaseException) -> int | None:
+    if isinstance(exc, interrupt.Interrupted):
+        return exc.signum
+    return signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None
+
+
+def _stopped(run: RunDir, signum: int | None, exc: BaseException) -> Stopped:
+    stage = next((s for s in STAGES if not run.has(s)), "done")
+    checkpoint = latest_committed(run.train_dir / "checkpoints", verify=False) if stage == "train" else None
+    return Stopped(
+        reason="interrupted" if signum else "failed",
+        stage=stage,
+        time=dt.datetime.now().isoformat(timespec="seconds"),
+        signal=interrupt.signal_name(signum) if signum else None,
+        step=step_of(checkpoint) if checkpoint else None,
+        error=None if signum else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500],
+    )
+
+
+def _kept(run_id: str, stopped: Stopped) -> str:
+    if stopped.step is not None:
+        return f"run {run_id} kept at step {stopped.step}"
+    if stopped.stage == "train":
+        return f"run {run_id} kept (no checkpoint committed yet)"
+    done = STAGES[: STAGES.index(stopped.stage)] if stopped.stage in STAGES else STAGES
+    return f"run {run_id} kept with {', '.join(done)} done"
+
+
+def _end(tracker: Tracker, mlflow_run: str, status: str) -> None:
+    """End the MLflow run without hiding the error or the stop that got us here."""
+    try:
+        tracker.end_run(mlflow_run, status)
+    except Exception as exc:
+        log.warning("MLflow run %s could not be marked %s: %s", mlflow_run, status, exc)
 
 
 def train_table(result: TrainResult) -> Table:

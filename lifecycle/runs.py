@@ -10,6 +10,7 @@ stage's result as JSON. Any stage can be rerun or resumed from the one before it
       data/                  train.jsonl, eval.jsonl (so the folder syncs to a cloud node as-is)
       train/                 the training worker's output: checkpoints/, metrics.jsonl, adapter/, model/
       results/<stage>.json   TrainResult, QuantizeResult, ChainReport, GateResult, RegisteredVersion
+      stopped.json           Stopped: the last command on the run was interrupted or failed (gone once continued)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import datetime as dt
 import secrets
 import shutil
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -55,6 +56,20 @@ class Cost(Frozen):
     estimated_usd: float = 0.0
     actual_usd: float = 0.0
     source: str = "local"  # local | catalog | recipe
+
+
+STAGES = ("train", "quantize", "chain", "gate", "register")  # in the order `lifecycle train` runs them
+
+
+class Stopped(Frozen):
+    """How the last command working on a run stopped short of its end: a stop signal, or an error."""
+
+    reason: Literal["interrupted", "failed"]
+    stage: str  # the first stage without a result at that moment
+    time: str
+    signal: str | None = None  # interrupted: SIGINT, SIGTERM or SIGHUP
+    step: int | None = None  # stopped in training: the newest committed checkpoint's step (resumes there)
+    error: str | None = None  # failed: the error's first line
 
 
 class TrainResult(Frozen):
@@ -131,6 +146,20 @@ class RunDir:
     def write_info(self, info: RunInfo) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.info_path, info.model_dump(mode="json"))
+
+    # how the last command on the run stopped ----------------------------------------------------------------
+    def stopped(self) -> Stopped | None:
+        """Set when a command was interrupted or failed; None while running, once finished, or after a stop that
+        left no chance to record it (SIGKILL, power loss)."""
+        path = self.path / "stopped.json"
+        return Stopped.model_validate_json(path.read_text()) if path.is_file() else None
+
+    def mark_stopped(self, stopped: Stopped | None) -> None:
+        """Record how a command stopped; None clears the record when a command continues the run."""
+        if stopped is None:
+            (self.path / "stopped.json").unlink(missing_ok=True)
+        else:
+            write_json_atomic(self.path / "stopped.json", stopped.model_dump(mode="json"))
 
     # stage results --------------------------------------------------------------------------------------
     def save(self, stage: str, result: BaseModel) -> Path:

@@ -31,13 +31,14 @@ def quantize(
     redo: bool = typer.Option(False, "--redo", help="Discard an earlier quantize and chain result first."),
 ) -> None:
     """Quantize a trained run's model (llmcompressor) and run the chain check through vLLM."""
-    from lifecycle.pipeline import chain_table, quantize_line
+    from lifecycle.pipeline import chain_table, quantize_line, recorded
     from lifecycle.quantize import stage as quantize_stage
 
     ctx, run_dir = _open(run, ("quantize", "chain") if redo else ())
-    console.print(quantize_line(quantize_stage.run(run_dir, ctx.tracker)))
-    report = quantize_stage.run_chain_check(run_dir, ctx.serve_factory(run_dir.path / "engines"), ctx.tracker)
-    console.print(chain_table(report))
+    with recorded(run_dir, ctx.tracker, finish=False):
+        console.print(quantize_line(quantize_stage.run(run_dir, ctx.tracker)))
+        serve = ctx.serve_factory(run_dir.path / "engines")
+        console.print(chain_table(quantize_stage.run_chain_check(run_dir, serve, ctx.tracker)))
 
 
 def gate(
@@ -45,14 +46,16 @@ def gate(
     redo: bool = typer.Option(False, "--redo", help="Discard an earlier gate result and evaluate again."),
 ) -> None:
     """Evaluate the served (quantized) artifact against the baseline with lm-eval and decide. Exit 1 if it fails."""
-    from lifecycle.pipeline import run_gate
+    from lifecycle.pipeline import recorded, run_gate
 
     ctx, run_dir = _open(run)
     if run_dir.has("register"):
         raise UserInputError(f"{run_dir.path}: already registered; a registered version's gate is final")
     if redo:
         run_dir.discard("gate")
-    if not run_gate(run_dir, ctx, console).passed:
+    with recorded(run_dir, ctx.tracker, finish=False):
+        passed = run_gate(run_dir, ctx, console).passed
+    if not passed:
         raise typer.Exit(1)
 
 

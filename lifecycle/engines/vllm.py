@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import requests
 
+from lifecycle import interrupt
 from lifecycle.engines.base import Completion
 from lifecycle.errors import EngineError, UserInputError
 
@@ -596,6 +597,7 @@ def _launch(
             env=env,
             start_new_session=True,  # a process group of its own, so stopping reaches EngineCore and workers
         )
+    interrupt.register_group(process.pid)  # a second Ctrl-C or SIGTERM kills the group at once
     log.info(
         "vLLM for %s starting on %s:%d (pid %d, log %s)", spec.model_dir, host, port, process.pid, log_path
     )
@@ -687,6 +689,7 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.05)
     if left:
         log.warning("vLLM process group %d still has processes %s after SIGKILL", pgid, left)
+    interrupt.unregister_group(pgid)
 
 
 def _exited(pid: int) -> bool:
@@ -700,18 +703,24 @@ def _exited(pid: int) -> bool:
 def _raise_on_sigterm() -> Callable[[], object]:
     """Make SIGTERM raise SystemExit, so `finally` blocks stop servers; returns the undo.
 
-    Only in the main thread, and only where nobody handles SIGTERM already.
+    Only in the main thread, and only where nobody handles SIGTERM already. Under the CLI lifecycle.interrupt
+    does: SIGTERM raises Interrupted (the run is marked interrupted), and a second signal kills the servers.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    previous = signal.getsignal(signal.SIGTERM)
+    if interrupt.installed() or previous is not signal.SIG_DFL:
         return lambda: None
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:  # not a handler installed since
+            signal.signal(signal.SIGTERM, previous)
+
     signal.signal(signal.SIGTERM, on_sigterm)
-    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return restore
 
 
 def _completion(choice: Mapping[str, Any]) -> Completion:

@@ -54,9 +54,12 @@ class LocalLauncher:
 
 
 def find_resumable(runs_dir: Path, recipe_name: str) -> RunDir | None:
-    """The newest run of this recipe that has not finished training."""
+    """The newest run of this recipe that has not finished training, or was interrupted in a later stage."""
     for run in list_runs(runs_dir):
-        if run.info().recipe_name == recipe_name and not run.has(STAGE):
+        if run.info().recipe_name != recipe_name:
+            continue
+        stopped = run.stopped()
+        if not run.has(STAGE) or (stopped is not None and stopped.reason == "interrupted"):
             return run
     return None
 
@@ -194,11 +197,7 @@ def run(run: RunDir, launcher: Launcher, tracker: Tracker) -> TrainResult:
     if resumed is not None:
         tracker.set_tags(info.mlflow_run_id, {"lifecycle.resumed_from": resumed.name})
     start = time.monotonic()
-    try:
-        cost = launcher(run)
-    except BaseException:
-        tracker.end_run(info.mlflow_run_id, "FAILED")
-        raise
+    cost = launcher(run)  # whoever runs the stage ends the MLflow run, however it ends (pipeline.recorded)
     wall = time.monotonic() - start
     worker = _read_worker(run.train_dir)
     model_dir = run.train_dir / "model"
