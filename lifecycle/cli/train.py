@@ -35,10 +35,20 @@ def train(
         loaded = load_recipe(run.recipe_path)
     else:
         loaded = load_recipe(recipe, overrides)
-        run = train_stage.find_resumable(ctx.settings.runs_dir, loaded.recipe.name) if resume else None  # type: ignore[assignment]
+        run = train_stage.find_resumable(ctx.settings.runs_dir, loaded) if resume else None  # type: ignore[assignment]
         if resume and run is None:
+            others = train_stage.unfinished_runs(ctx.settings.runs_dir, loaded.recipe.name)
+            hint = "".join(
+                f"\n  {o.path}  (overrides: {' '.join(o.info().overrides) or 'none'})" for o in others[:5]
+            )
             raise UserInputError(
-                f"--resume: no unfinished run of recipe {loaded.recipe.name!r} under {ctx.settings.runs_dir}"
+                f"--resume: no unfinished run of recipe {loaded.recipe.name!r} with this file and these --set "
+                f"values under {ctx.settings.runs_dir}"
+                + (
+                    f"; unfinished runs with other settings (continue one with --run-dir):{hint}"
+                    if others
+                    else ""
+                )
             )
     if run is None:
         checked = ctx.preflight(loaded)  # everything knowable, before anything starts: exit 2 on a problem

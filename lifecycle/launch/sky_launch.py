@@ -24,6 +24,7 @@ from typing import Literal
 
 from rich.console import Console
 
+from lifecycle import interrupt
 from lifecycle.errors import LaunchError, LifecycleError, UserInputError
 from lifecycle.launch import cost as costs
 from lifecycle.launch import remote_env
@@ -207,7 +208,7 @@ def _run_managed(
             if job.terminal:  # CANCELLED/FAILED* are set only after SkyPilot has torn the job's cluster down
                 break
             time.sleep(POLL_S)  # the log stream ended early (a recovery, a dropped connection): follow again
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, interrupt.Interrupted):
         console.print(f"[yellow]detached[/] from managed job {job_id}; it keeps running on SkyPilot")
         raise
     if not job.succeeded:

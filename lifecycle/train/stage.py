@@ -53,13 +53,24 @@ class LocalLauncher:
         return Cost(source="local")
 
 
-def find_resumable(runs_dir: Path, recipe_name: str) -> RunDir | None:
-    """The newest run of this recipe that has not finished training, or was interrupted in a later stage."""
+def unfinished_runs(runs_dir: Path, recipe_name: str) -> list[RunDir]:
+    """Runs of this recipe, newest first, that have not finished training or were interrupted later."""
+    found = []
     for run in list_runs(runs_dir):
         if run.info().recipe_name != recipe_name:
             continue
         stopped = run.stopped()
         if not run.has(STAGE) or (stopped is not None and stopped.reason == "interrupted"):
+            found.append(run)
+    return found
+
+
+def find_resumable(runs_dir: Path, loaded: LoadedRecipe) -> RunDir | None:
+    """The newest unfinished run started from this very recipe: same file content and the same overrides (in a
+    sweep, `--resume` must continue the run with these settings, not the newest of the recipe's runs)."""
+    for run in unfinished_runs(runs_dir, loaded.recipe.name):
+        info = run.info()
+        if info.recipe_sha256 == loaded.sha256 and tuple(info.overrides) == tuple(loaded.overrides):
             return run
     return None
 
