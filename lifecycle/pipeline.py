@@ -63,10 +63,14 @@ def recorded(run: RunDir, tracker: Tracker, *, finish: bool) -> Iterator[None]:
     mlflow_run = run.info().mlflow_run_id
     before = run.stopped()
     run.mark_stopped(None)
+    if before is not None and mlflow_run:
+        tracker.reopen_run(mlflow_run)  # KILLED or FAILED until now; it runs again
     try:
         yield
     except (UserInputError, MissingResultError):
         run.mark_stopped(before)  # refused before anything started: the run stays as it was
+        if before is not None and mlflow_run:
+            _end(tracker, mlflow_run, "KILLED" if before.reason == "interrupted" else "FAILED")
         raise
     except BaseException as exc:
         # the signal counts, not the exception that carries it out: cleanup on the way may raise another one

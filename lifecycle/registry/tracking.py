@@ -116,6 +116,10 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def reopen_run(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again: a stopped run that is being continued."""
+        self.client.update_run(run_id, status="RUNNING")
+
     def get_run(self, run_id: str) -> RunRecord:
         try:
             run = self.client.get_run(run_id)
