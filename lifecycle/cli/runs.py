@@ -44,16 +44,17 @@ def runs(as_json: bool = typer.Option(False, "--json", help="Machine-readable ou
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"runs in {settings.runs_dir}")
-    for col in ("run", "recipe", "created", "status", "stages done", "steps", "held-out acc", "mlflow run"):
+    # the run id begins with the recipe's name, and tells sweep runs apart by its tail: never cut it
+    table.add_column("run", no_wrap=True)
+    for col in ("created", "status", "reached", "steps", "held-out acc", "mlflow run"):
         table.add_column(col)
     for row in rows:
         acc = row["eval_accuracy"]
         table.add_row(
             row["run_id"],
-            row["recipe"],
-            row["created"],
+            row["created"][:19].replace("T", " "),
             _status_text(row["status"], row["stopped"]),
-            ", ".join(row["stages"]) or "-",
+            row["stages"][-1] if row["stages"] else "-",
             str(row["steps"] or "-"),
             "-" if acc is None else f"{acc:.3f}",
             (row["mlflow_run_id"] or "-")[:12],
