@@ -118,6 +118,14 @@ def train(home: Path, name: str, *more: str) -> Cli:
     return Cli(home, "train", "recipes/demo.yaml", "--set", f"name={name}", *more)
 
 
+def run_cli_resume(home: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """`--resume` with settings no interrupted run was started with."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["LIFECYCLE_HOME"] = str(home)
+    argv = [CLI, "train", "recipes/demo.yaml", "--set", f"name={name}", "--resume"]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
 def run_dir(home: Path, name: str) -> Path | None:
     found = sorted((home / "runs").glob(f"{name}-*"))
     return found[-1] if found else None
@@ -192,7 +200,8 @@ def test_a_signal_stops_training_and_keeps_the_run(home: Path, signum: int) -> N
 def test_sigterm_then_resume_continues_from_the_checkpoint(home: Path) -> None:
     """SIGTERM while training, --resume from the kept checkpoint, then Ctrl-C while vLLM serves the chain check."""
     name = "sig-resume"
-    cli = train(home, name, "--set", "training.max_steps=60", "--set", "training.checkpoint_every=20")
+    settings = ("--set", "training.max_steps=60", "--set", "training.checkpoint_every=20")
+    cli = train(home, name, *settings)
     cli.wait_for("committed checkpoint", lambda: committed(home, name))
     took = assert_stopped(cli, cli.send(signal.SIGTERM), signal.SIGTERM)
     step = assert_marked_interrupted(home, name, signal.SIGTERM, "train")["step"]
@@ -201,7 +210,10 @@ def test_sigterm_then_resume_continues_from_the_checkpoint(home: Path) -> None:
 
     run = run_dir(home, name)
     assert run is not None
-    resumed = train(home, name, "--resume")
+    # another sweep member (other --set values) must not be the one continued
+    other = run_cli_resume(home, name)
+    assert other.returncode == 2 and "unfinished runs with other settings" in other.stderr, other.stderr
+    resumed = train(home, name, *settings, "--resume")  # the command the interrupted CLI printed
     resumed.wait_for("training result", lambda: (run / "results" / "train.json").is_file())
     assert json.loads((run / "results" / "train.json").read_text())["resumed_from_step"] == step
     assert not (run / "stopped.json").exists()
