@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import warnings
@@ -69,6 +70,8 @@ def quantize(
     from llmcompressor import LoggerConfig, configure_logger
 
     logged = log_path is not None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     configure_logger(
         LoggerConfig(
             console_log_level="ERROR",
@@ -76,7 +79,9 @@ def quantize(
             log_file_level="INFO" if logged else None,
         )
     )
-    with warnings.catch_warnings(record=True) as caught:
+    sink = log_path.open("a") if log_path is not None else open(os.devnull, "w")  # noqa: SIM115
+    # compressed-tensors draws its progress bars with disable=False whatever TQDM_DISABLE says: to the log
+    with sink, contextlib.redirect_stderr(sink), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _quantize(model_dir, out_dir, scheme, ignore, calibration_texts, max_length)
     if log_path is not None and caught:

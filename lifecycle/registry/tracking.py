@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         from mlflow.tracking import MlflowClient
 
+        # its INFO lines ("Creating initial MLflow database tables...") are not the platform's account of a stage
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         db = _sqlite_file(tracking_uri)
