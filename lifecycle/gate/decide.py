@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from lifecycle.errors import GateError
-from lifecycle.gate.stats import Interval, McNemar, is_binary, mcnemar_exact, paired_bootstrap
+from lifecycle.gate.stats import Interval, McNemar, is_binary, mcnemar_exact, paired_bootstrap, resolution
 from lifecycle.recipe.schema import GateSpec, GateTask, ImproveRule, NoRegressRule
 
 Status = Literal["pass", "fail", "not_shown"]
@@ -77,6 +77,17 @@ class RuleResult(_Frozen):
         default=None, description="quant_recovery: candidate score / merged score."
     )
     threshold: float = Field(description="improve: min_delta; no_regress: -max_drop; recovery: min ratio.")
+    resolution: float | None = Field(
+        default=None,
+        description="improve, no_regress: the smallest margin these n items can show, the half-width of the "
+        "rule's interval by the normal approximation z·sd/√n of the paired deltas (see stats.Resolution).",
+    )
+    items_needed: int | None = Field(
+        default=None,
+        description="improve, no_regress: items at which that half-width would equal the rule's margin "
+        "(min_delta or max_drop) at the observed spread of deltas; None for a zero margin or when no item "
+        "differs.",
+    )
     status: Status
     reason: str
 
@@ -177,12 +188,13 @@ def _rule_result(
         sign * cand, sign * base, samples=spec.bootstrap_samples, confidence=rule.confidence, seed=seed
     )
     mc = _oriented_mcnemar(cand, base, scores.higher_is_better)
+    res = resolution(sign * cand, sign * base, confidence=rule.confidence)
     if isinstance(rule, ImproveRule):
         status, reason = _improve(rule, ci, mc)
-        threshold, p_value = rule.min_delta, None if mc is None else mc.p_value
+        threshold, p_value, margin = rule.min_delta, None if mc is None else mc.p_value, rule.min_delta
     else:
         status, reason = _no_regress(rule, ci, mc)
-        threshold, p_value = -rule.max_drop, None
+        threshold, p_value, margin = -rule.max_drop, None, rule.max_drop
     return RuleResult(
         task=task,
         rule=rule.kind,
@@ -200,9 +212,20 @@ def _rule_result(
         wins=None if mc is None else mc.b,
         losses=None if mc is None else mc.c,
         threshold=threshold,
+        resolution=res.half_width,
+        items_needed=res.items_for(margin),
         status=status,
         reason=reason,
     )
+
+
+def margin_of(rule: RuleResult) -> float | None:
+    """The margin a rule's `items_needed` is for: min_delta (improve), max_drop (no_regress)."""
+    if rule.rule == "improve":
+        return rule.threshold
+    if rule.rule == "no_regress":
+        return -rule.threshold
+    return None
 
 
 def _improve(rule: ImproveRule, ci: Interval, mc: McNemar | None) -> tuple[Status, str]:

@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lifecycle.gate.decide import RuleResult, Verdict
+from lifecycle.gate.decide import RuleResult, Verdict, margin_of
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-COLUMNS = ("task", "metric", "rule", "n", "candidate", "baseline", "Δ", "CI", "p", "threshold", "result")
+COLUMNS = (
+    "task", "metric", "rule", "n", "candidate", "baseline", "Δ", "CI", "p", "threshold", "can show", "margin needs",
+    "result",
+)  # fmt: skip
+_NUMERIC = {"n", "candidate", "baseline", "Δ", "p", "can show", "margin needs"}
 _RESULT = {"pass": "✅ pass", "fail": "❌ fail", "not_shown": "⚠️ not shown"}
 _STYLE = {"pass": "green", "fail": "bold red", "not_shown": "yellow"}
 _COLOR = {"pass": "#2e7d32", "fail": "#c62828", "not_shown": "#ef8f00"}
@@ -48,8 +52,25 @@ def row_cells(rule: RuleResult) -> list[str]:
         ci,
         _p(rule.p_value),
         _threshold(rule),
+        "—" if rule.resolution is None else f"±{rule.resolution:.4f}",
+        _needed(rule),
         _RESULT[rule.status],
     ]
+
+
+def sizing(rule: RuleResult) -> str | None:
+    """What the number of items allows for this rule, in a sentence; None for rules without an interval."""
+    margin = margin_of(rule)
+    if rule.resolution is None or margin is None or rule.confidence is None:
+        return None
+    level = f"{rule.confidence:.0%}"
+    line = f"{rule.n} items can show a margin of {rule.resolution:.4f} or more at {level}"
+    if rule.items_needed is not None:
+        enough = "these are enough" if rule.items_needed <= rule.n else "more than there are"
+        return f"{line}; the rule's margin {margin:.4f} needs {rule.items_needed} items ({enough})"
+    if margin <= 0:
+        return f"{line}; a margin of 0 cannot be shown by any number of items"
+    return f"{line}; no item differs, so the spread that sizes the margin's need is unknown"
 
 
 def render_markdown(verdict: Verdict) -> str:
@@ -59,7 +80,10 @@ def render_markdown(verdict: Verdict) -> str:
         lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(_md(c) for c in row_cells(r)) + " |" for r in verdict.rules]
         lines += [""]
-        lines += [f"- **{_md(r.task)} / {_md(r.metric)} / {r.rule}**: {_md(r.reason)}" for r in verdict.rules]
+        lines += [
+            f"- **{_md(r.task)} / {_md(r.metric)} / {r.rule}**: {_md(r.reason)}" + _sentence(sizing(r))
+            for r in verdict.rules
+        ]
         lines += [""]
     lines += [f"> note: {_md(note)}" for note in verdict.notes]
     if verdict.notes:
@@ -68,6 +92,9 @@ def render_markdown(verdict: Verdict) -> str:
         "Δ: mean per-item improvement of the candidate (quantized) over the reference, paired by item; "
         "CI: percentile paired bootstrap (seed "
         f"{verdict.seed}); p: McNemar exact test (0/1 metrics, improve rules). "
+        "can show: the smallest margin these items can show, the interval's half-width z·sd/√n (normal "
+        "approximation, sd of the paired per-item deltas); margin needs: the items at which that half-width "
+        "equals the rule's margin (min_delta or max_drop). "
         "'not shown' means the data cannot tell, and is not a pass."
     )
     return "\n".join(lines) + "\n"
@@ -83,8 +110,7 @@ def render_rich(verdict: Verdict) -> Table:
         caption="\n".join(verdict.notes) or None,
     )
     for name in COLUMNS:
-        numeric = name in {"n", "candidate", "baseline", "Δ", "p"}
-        table.add_column(name, justify="right" if numeric else "left")
+        table.add_column(name, justify="right" if name in _NUMERIC else "left")
     for rule in verdict.rules:
         table.add_row(*row_cells(rule), style=_STYLE[rule.status])
     return table
@@ -144,6 +170,16 @@ def _threshold_in_delta(rule: RuleResult) -> float | None:
     # lower-is-better metrics, the quantized one).
     den = rule.baseline if rule.higher_is_better else rule.candidate
     return (rule.threshold - 1.0) * den
+
+
+def _needed(rule: RuleResult) -> str:
+    if rule.items_needed is None:
+        return "—"
+    return f"{rule.items_needed} items"
+
+
+def _sentence(text: str | None) -> str:
+    return "" if text is None else f". {_md(text)[0].upper()}{_md(text)[1:]}."
 
 
 def _p(p_value: float | None) -> str:

@@ -1,4 +1,5 @@
-"""Paired statistics for the gate: McNemar's exact test and a paired bootstrap CI. Pure functions, no I/O.
+"""Paired statistics for the gate: McNemar's exact test, a paired bootstrap CI, and how small a margin a number
+of items can show. Pure functions, no I/O.
 
 Both take per-item scores of the candidate and the baseline on the *same* items, in the same order. Pairing is
 what makes a gate on a few hundred items usable: most items are right (or wrong) for both models, and only the
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 from lifecycle.errors import GateError
 
@@ -112,6 +113,63 @@ def paired_bootstrap(
         samples=samples,
         seed=seed,
     )
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How small a difference a paired comparison on these items can show, and what a margin would need.
+
+    Normal approximation of the paired bootstrap interval: its half-width is z * sd / sqrt(n), with sd the
+    spread of the per-item deltas (population sd, as the bootstrap resamples the items themselves) and z the
+    two-sided normal quantile of the confidence. For 0/1 scores sd^2 = d/n - mean^2, where d counts the
+    discordant items (McNemar's b + c): disagreement, not the item count alone, sets the resolution.
+    """
+
+    n: int
+    sd: float
+    confidence: float
+    half_width: float  # the smallest margin these n items can show
+
+    def items_for(self, margin: float) -> int | None:
+        """Items at which the half-width shrinks to `margin`; None when no number can (margin 0) or the
+        observed spread is zero (no item differs, so the data say nothing about how many would)."""
+        return items_needed(self.sd, margin, self.confidence)
+
+
+def z_value(confidence: float) -> float:
+    """The two-sided normal quantile: 1.96 at 95%."""
+    if not 0.0 < confidence < 1.0:
+        raise GateError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    return float(norm.ppf(0.5 + confidence / 2.0))
+
+
+def detectable_margin(sd: float, n: int, confidence: float) -> float:
+    """Half-width z * sd / sqrt(n) of the interval of a mean delta: the smallest margin n items can show."""
+    if n < 1:
+        raise GateError(f"need at least one item, got {n}")
+    if sd < 0 or not np.isfinite(sd):
+        raise GateError(f"the spread of deltas must be a finite non-negative number, got {sd}")
+    return z_value(confidence) * sd / float(np.sqrt(n))
+
+
+def items_needed(sd: float, margin: float, confidence: float) -> int | None:
+    """The fewest items whose half-width z * sd / sqrt(n) is at most `margin`: ceil((z * sd / margin)^2).
+    None when the margin is not positive (no number of items shows a zero margin) or sd is 0."""
+    if sd < 0 or not np.isfinite(sd):
+        raise GateError(f"the spread of deltas must be a finite non-negative number, got {sd}")
+    if margin <= 0 or sd == 0:
+        return None
+    # round away float noise before the ceiling: (1.96 * 0.5 / 0.098)^2 must be 100, not 101
+    return max(1, int(np.ceil(round((z_value(confidence) * sd / margin) ** 2, 9))))
+
+
+def resolution(candidate: Scores, baseline: Scores, *, confidence: float) -> Resolution:
+    """The resolution of the paired comparison of `candidate` with `baseline` on these items."""
+    cand, base = _paired_arrays(candidate, baseline)
+    delta = cand - base
+    sd = float(delta.std())
+    n = int(delta.size)
+    return Resolution(n=n, sd=sd, confidence=confidence, half_width=detectable_margin(sd, n, confidence))
 
 
 def _bootstrap_means(

@@ -473,3 +473,51 @@ def test_false_pass_rate_of_no_regress_at_the_allowed_drop_is_bounded() -> None:
     print(f"\nno_regress false-pass at a true drop of max_drop, n=200: {rates['pass']:.3f} (nominal 0.025)")
     # Monte Carlo sd with 400 seeds is 0.008: allow about three.
     assert rates["pass"] <= 0.05
+
+
+# ----------------------------------------------------------------------------------------------- resolution
+
+
+def test_each_rule_states_the_margin_its_items_can_show_and_what_its_own_margin_needs() -> None:
+    """The not-shown case above: 11 of 60 items disagree, so the interval is about ±0.11 wide and a 0.05
+    margin needs 282 items, almost five times as many; the verdict itself is unchanged by the sizing."""
+    base = _binary(2, n=60)
+    cand = base.copy()
+    cand[np.flatnonzero(base == 1.0)[:6]], cand[np.flatnonzero(base == 0.0)[:5]] = 0.0, 1.0
+    verdict = decide(
+        _spec(_task("arc", no_regress(max_drop=0.05), improve(min_delta=0.02, confidence=0.9))),
+        [_scores(cand=cand, base=base, merged=cand)],
+    )
+    sd = np.sqrt(11 / 60 - (1 / 60) ** 2)
+    hold, gain = _only(verdict, "no_regress"), _only(verdict, "improve")
+    assert hold.status == "not_shown" and gain.status == "fail"
+    assert hold.resolution == pytest.approx(norm.ppf(0.975) * sd / np.sqrt(60))
+    assert hold.items_needed == int(np.ceil((norm.ppf(0.975) * sd / 0.05) ** 2)) == 282
+    assert gain.resolution == pytest.approx(norm.ppf(0.95) * sd / np.sqrt(60))  # the rule's own confidence
+    assert gain.items_needed == int(np.ceil((norm.ppf(0.95) * sd / 0.02) ** 2))
+    recovery = _only(verdict, "quant_recovery")
+    assert (recovery.resolution, recovery.items_needed) == (None, None)
+
+
+def test_sizing_is_the_same_for_lower_is_better_metrics() -> None:
+    base = _binary(10, p=0.3)
+    cand = base.copy()
+    cand[np.flatnonzero(base == 1.0)[:30]] = 0.0
+    higher = decide(_spec(_task("arc", no_regress("err"))), [_scores("arc", "err", cand=cand, base=base)])
+    lower = decide(
+        _spec(_task("arc", no_regress("err"))),
+        [_scores("arc", "err", cand=cand, base=base, higher_is_better=False)],
+    )
+    assert _only(higher, "no_regress").resolution == pytest.approx(_only(lower, "no_regress").resolution)
+    assert _only(higher, "no_regress").items_needed == _only(lower, "no_regress").items_needed
+
+
+def test_zero_margins_and_identical_scores_have_no_item_count() -> None:
+    base = _binary(3)
+    same = decide(_spec(_task("arc", no_regress(max_drop=0.1))), [_scores(cand=base, base=base)])
+    assert (_only(same, "no_regress").resolution, _only(same, "no_regress").items_needed) == (0.0, None)
+    cand = base.copy()
+    cand[np.flatnonzero(base == 0.0)[:10]] = 1.0
+    zero = decide(_spec(_task("arc", improve(min_delta=0.0))), [_scores(cand=cand, base=base)])
+    assert (_only(zero).resolution or 0.0) > 0
+    assert _only(zero).items_needed is None

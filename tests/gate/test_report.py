@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from lifecycle.gate.decide import MetricScores, TaskScores, Verdict, decide
-from lifecycle.gate.report import COLUMNS, headline, render_markdown, render_png, render_rich
+from lifecycle.gate.report import COLUMNS, headline, render_markdown, render_png, render_rich, sizing
 from lifecycle.recipe.schema import GateSpec
 
 N = 200
@@ -128,3 +128,34 @@ def test_rich_table(failed: Verdict) -> None:
     text = console.export_text()
     assert "Gate FAILED" in text
     assert "arc|easy" in text and "hellaswag" in text and "not shown" in text
+
+
+def test_every_rule_states_its_resolution_and_what_its_margin_needs(failed: Verdict) -> None:
+    text = render_markdown(failed)
+    hold = next(r for r in failed.rules if r.rule == "no_regress")
+    assert hold.resolution is not None and hold.items_needed is not None
+    row = next(line for line in text.splitlines() if line.startswith("| hellaswag"))
+    assert f"| ±{hold.resolution:.4f} | {hold.items_needed} items |" in row
+    assert (
+        f"{N} items can show a margin of {hold.resolution:.4f} or more at 95%; the rule's margin 0.0500 "
+        f"needs {hold.items_needed} items"
+    ) in text
+    recovery = next(
+        line for line in text.splitlines() if line.startswith("| arc\\|easy") and "merged" in line
+    )
+    assert "| — | — |" in recovery  # a ratio has no interval to size
+    assert "smallest margin these items can show" in text and "z·sd/√n" in text
+
+
+def test_sizing_sentences_for_every_case(failed: Verdict, passed: Verdict) -> None:
+    by_kind = {(r.task, r.rule): r for r in failed.rules}
+    assert sizing(by_kind[("arc|easy", "quant_recovery")]) is None
+    # improve with the default min_delta of 0: no number of items shows a zero margin
+    assert "a margin of 0 cannot be shown" in (sizing(by_kind[("arc|easy", "improve")]) or "")
+    # identical scores: nothing differs, so the need cannot be estimated
+    same = next(r for r in passed.rules if r.rule == "no_regress")
+    assert same.resolution == 0.0 and "no item differs" in (sizing(same) or "")
+    short = by_kind[("hellaswag", "no_regress")]  # 40 of 200 items flipped: a 0.05 margin needs more
+    assert short.items_needed is not None and short.items_needed > short.n
+    assert (sizing(short) or "").endswith(f"needs {short.items_needed} items (more than there are)")
+    assert (sizing(short.model_copy(update={"n": 1000})) or "").endswith("items (these are enough)")

@@ -1,15 +1,27 @@
-"""McNemar's exact test and the paired bootstrap: hand-computed values, determinism, coverage."""
+"""McNemar's exact test, the paired bootstrap and the resolution of n items: hand-computed values, determinism,
+coverage."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
 from lifecycle.errors import GateError
-from lifecycle.gate.stats import Interval, is_binary, mcnemar_exact, mcnemar_p_value, paired_bootstrap
+from lifecycle.gate.stats import (
+    Interval,
+    detectable_margin,
+    is_binary,
+    items_needed,
+    mcnemar_exact,
+    mcnemar_p_value,
+    paired_bootstrap,
+    resolution,
+    z_value,
+)
 
 
 def _pairs(b: int, c: int, both_right: int = 0, both_wrong: int = 0) -> tuple[list[float], list[float]]:
@@ -171,3 +183,89 @@ def test_bootstrap_rejects_bad_input(
 ) -> None:
     with pytest.raises(GateError, match=message):
         _boot(cand, base, **kwargs)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------- resolution
+
+
+def test_z_value_is_the_two_sided_normal_quantile() -> None:
+    assert z_value(0.95) == pytest.approx(1.959964, abs=1e-6)
+    assert z_value(0.9) == pytest.approx(1.644854, abs=1e-6)
+    assert z_value(0.99) == pytest.approx(2.575829, abs=1e-6)
+
+
+@pytest.mark.parametrize(("sd", "n", "expected"), [(0.5, 100, 0.098), (0.5, 400, 0.049), (0.0, 7, 0.0)])
+def test_detectable_margin_by_hand(sd: float, n: int, expected: float) -> None:
+    # 1.96 * sd / sqrt(n), with z = 1.96 rounded: relative error 2e-5
+    assert detectable_margin(sd, n, 0.95) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("sd", "margin", "expected"),
+    [
+        (0.5, 0.098, 100),  # exactly the by-hand case above, inverted
+        (0.5, 0.0979, 101),  # a hair smaller margin needs one more item
+        (0.3, 0.1, 35),  # (1.96 * 0.3 / 0.1)^2 = 34.57 -> 35
+        (0.3, 0.05, 139),  # half the margin, four times the items: 138.3 -> 139
+        (1e-6, 0.5, 1),  # never fewer than one item
+        (0.0, 0.1, None),  # no item differs: no estimate of the need
+        (0.3, 0.0, None),  # a zero margin is never shown
+    ],
+)
+def test_items_needed_by_hand(sd: float, margin: float, expected: int | None) -> None:
+    assert items_needed(sd, margin, 0.95) == expected
+
+
+def test_items_needed_inverts_detectable_margin() -> None:
+    for sd in (0.1, 0.37, 0.8):
+        for margin in (0.02, 0.05, 0.1, 0.2):
+            k = items_needed(sd, margin, 0.95)
+            assert k is not None
+            assert detectable_margin(sd, k, 0.95) <= margin + 1e-12
+            assert k == 1 or detectable_margin(sd, k - 1, 0.95) > margin
+
+
+def test_binary_spread_comes_from_the_discordant_items() -> None:
+    """For 0/1 scores sd^2 = (b + c)/n - ((b - c)/n)^2: the items both models agree on only dilute."""
+    b, c, n = 6, 14, 300
+    cand, base = _pairs(b, c, both_right=180, both_wrong=n - b - c - 180)
+    res = resolution(cand, base, confidence=0.95)
+    sd = math.sqrt((b + c) / n - ((b - c) / n) ** 2)
+    assert (res.n, res.confidence) == (n, 0.95)
+    assert res.sd == pytest.approx(sd)
+    assert res.half_width == pytest.approx(z_value(0.95) * sd / math.sqrt(n))
+    assert res.items_for(0.1) == items_needed(sd, 0.1, 0.95)
+    # the same disagreement among more agreeing items: a finer resolution
+    wider = resolution(*_pairs(b, c, both_right=500), confidence=0.95)
+    assert wider.half_width < res.half_width
+
+
+def test_resolution_approximates_the_bootstrap_half_width() -> None:
+    rng = np.random.default_rng(6)
+    for n, p in ((300, 0.1), (1000, 0.3)):
+        base = (rng.random(n) < 0.65).astype(float)
+        cand = np.where(rng.random(n) < p, 1.0 - base, base)
+        interval = _boot(cand, base, samples=4000)
+        res = resolution(cand, base, confidence=0.95)
+        assert res.half_width == pytest.approx((interval.high - interval.low) / 2, rel=0.1)
+
+
+def test_resolution_of_identical_scores_is_zero() -> None:
+    res = resolution([1.0, 0.0, 1.0], [1.0, 0.0, 1.0], confidence=0.95)
+    assert (res.sd, res.half_width, res.items_for(0.1)) == (0.0, 0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: z_value(1.0), "strictly between 0 and 1"),
+        (lambda: detectable_margin(0.5, 0, 0.95), "at least one item"),
+        (lambda: detectable_margin(-0.1, 10, 0.95), "non-negative"),
+        (lambda: items_needed(float("nan"), 0.1, 0.95), "non-negative"),
+        (lambda: resolution([1.0], [1.0, 0.0], confidence=0.95), "same items"),
+        (lambda: resolution([], [], confidence=0.95), "no items"),
+    ],
+)
+def test_resolution_input_errors(call: Any, message: str) -> None:
+    with pytest.raises(GateError, match=message):
+        call()
