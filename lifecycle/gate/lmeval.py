@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -270,8 +271,11 @@ def library_logs_to(path: Path | None) -> Iterator[None]:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.handlers, logger.propagate = [handler], False
     logger.setLevel(logging.INFO)
+    # its progress bars ("Tokenizing inputs", requests) ignore TQDM_DISABLE: they go to the same file
+    sink = path.open("a") if path is not None else open(os.devnull, "w")  # noqa: SIM115
     try:
-        yield
+        with sink, contextlib.redirect_stderr(sink):
+            yield
     finally:
         handler.close()
         logger.setLevel(saved[0])
