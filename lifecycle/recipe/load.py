@@ -27,6 +27,8 @@ M = TypeVar("M", bound=BaseModel)
 
 # Fields holding paths, resolved against the recipe file's folder before validation.
 _PATH_FIELDS = (("data", "train"), ("data", "eval"), ("model", "base"))
+# The same in each item of a list: (section, list, key).
+_LIST_PATH_FIELDS = (("data", "mix", "path"),)
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,12 @@ def _resolve_paths(data: CommentedMap, base: Path) -> None:
             continue
         resolved = (base / Path(value).expanduser()).resolve()
         node[key] = str(resolved)
+    for section, name, key in _LIST_PATH_FIELDS:
+        node = data.get(section)
+        items = node.get(name) if isinstance(node, dict) else None
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and isinstance(item.get(key), str):
+                item[key] = str((base / Path(item[key]).expanduser()).resolve())
 
 
 # ----------------------------------------------------------------------------------------------- validation

@@ -66,6 +66,47 @@ class ModelSpec(Strict):
 DataFormat = Literal["messages", "prompt_completion", "text"]
 
 
+_SOURCE_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def _check_data_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None or (info.context or {}).get("skip_file_checks"):
+        return value
+    if not value.is_file():
+        raise ValueError(f"data file {value} does not exist")
+    return value
+
+
+class MixSource(Strict):
+    """Extra rows mixed into training, e.g. replay of the base model's own pre-training text against forgetting."""
+
+    path: Path = Field(description="JSON lines, checked row by row like the training data.")
+    format: DataFormat = Field(
+        description="Format of this file's rows; it may differ from `data.format` (replay of pre-training "
+        "text as 'text' or 'prompt_completion' rows, mixed into 'messages' chats)."
+    )
+    weight: float = Field(
+        gt=0,
+        lt=1,
+        description="Fraction of the training rows drawn from this source; `data.train` supplies the rest, so "
+        "the weights of all sources add up to less than 1. With 400 train rows, weight 0.2 adds 100 rows "
+        "(100 of 500). Rows are drawn seeded by `training.seed`, each row of the source once before any twice.",
+    )
+    name: str | None = Field(
+        None, pattern=_SOURCE_NAME, description="Name in the run's records (default: the file name's stem)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _file_exists(cls, value: Path, info: ValidationInfo) -> Path:
+        _check_data_file(value, info)
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path.stem
+
+
 class DataSpec(Strict):
     train: Path = Field(description="Training data, JSON lines.")
     eval: Path | None = Field(None, description="Held-out evaluation data, JSON lines, same format as train.")
@@ -73,14 +114,32 @@ class DataSpec(Strict):
         description="'messages' (chat: a list of role/content turns), 'prompt_completion' "
         "(prompt and completion fields; loss on the completion only) or 'text' (plain text)."
     )
+    mix: list[MixSource] = Field(
+        default_factory=list,
+        description="Other data mixed into training, each with the fraction of training rows it supplies: "
+        "general or replay data keeps what the base model knew (the gate's no_regress rules measure it).",
+    )
 
     @field_validator("train", "eval")
     @classmethod
     def _file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None or (info.context or {}).get("skip_file_checks"):
-            return value
-        if not value.is_file():
-            raise ValueError(f"data file {value} does not exist")
+        return _check_data_file(value, info)
+
+    @field_validator("mix")
+    @classmethod
+    def _mix_adds_up(cls, value: list[MixSource]) -> list[MixSource]:
+        total = sum(source.weight for source in value)
+        if total >= 1:
+            raise ValueError(
+                f"the mix weights add up to {total:g}; they are fractions of the training rows and must add up "
+                "to less than 1 (data.train supplies the rest)"
+            )
+        labels = [source.label for source in value]
+        if taken := sorted({x for x in labels if labels.count(x) > 1 or x in ("train", "eval")}):
+            raise ValueError(
+                f"mix source names must be unique and not 'train' or 'eval': {', '.join(taken)} "
+                "(set `name` on each source)"
+            )
         return value
 
 

@@ -1,13 +1,15 @@
-"""Training data: read JSON lines, check every row against the recipe's format, hash, convert for trl.
+"""Training data: read JSON lines, check every row against the recipe's format, mix, hash, convert for trl.
 
-Bad rows are reported all at once as `FILE:LINE: field: message`, before anything is trained.
+Bad rows are reported all at once as `FILE:LINE: field: message`, before anything is trained. Mix sources
+(`data.mix`: replay or general data) are checked the same way, each in its own format, and drawn seeded.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from lifecycle.errors import RecipeError
 from lifecycle.manifest import sha256_file
 from lifecycle.recipe.load import data_files
-from lifecycle.recipe.schema import DataFormat, DataSpec
+from lifecycle.recipe.schema import DataFormat, DataSpec, MixSource
 from lifecycle.runs import DataStats
 
 _MAX_PROBLEMS = 20
@@ -89,9 +91,74 @@ def load_examples(path: Path, fmt: DataFormat) -> list[Example]:
 
 
 def check_data(spec: DataSpec) -> list[str]:
-    """Every problem in a recipe's data files (train and eval, in the declared format) as `FILE:LINE: message`;
-    empty when training can read them. The same checks `load_examples` makes before training."""
-    return [problem for path in data_files(spec).values() for problem in _read_examples(path, spec.format)[1]]
+    """Every problem in a recipe's data files (train and eval in the declared format, each mix source in its
+    own) as `FILE:LINE: message`; empty when training can read them. The checks training makes before it starts.
+    """
+    files = [(path, spec.format) for path in data_files(spec).values()]
+    files += [(source.path, source.format) for source in spec.mix]
+    return [problem for path, fmt in files for problem in _read_examples(path, fmt)[1]]
+
+
+# ----------------------------------------------------------------------------------------------- mixing
+
+
+@dataclass(frozen=True)
+class MixCount:
+    """What one source put into the training rows."""
+
+    source: str  # 'train' or the mix source's label
+    path: str
+    weight: float  # the fraction of training rows asked for
+    rows: int  # rows in the file
+    drawn: int  # rows in the mixed training list
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """The training rows, in order, and how many came from each source ('train' first)."""
+
+    rows: list[Example]
+    counts: list[MixCount]
+
+
+def load_mix(spec: DataSpec) -> list[tuple[MixSource, list[Example]]]:
+    """Read and check every mix source; raises RecipeError listing every bad row of every source at once."""
+    loaded = [(source, *_read_examples(source.path, source.format)) for source in spec.mix]
+    problems = [problem for _, _, found in loaded for problem in found]
+    if problems:
+        raise RecipeError(problems)
+    return [(source, examples) for source, examples, _ in loaded]
+
+
+def mix_rows(
+    train: list[Example], sources: Sequence[tuple[MixSource, list[Example]]], seed: int, train_path: str = ""
+) -> Mixed:
+    """The training rows with each source's share added: source i supplies round(total * weight_i) rows of
+    total = len(train) / (1 - sum of weights). A source is drawn in seeded passes (every row once before any
+    row twice), and the whole list is shuffled, seeded. Without sources the train rows come back unchanged.
+    Same rows and seed, same list: a resumed run sees the data in the same order."""
+    weights = sum(source.weight for source, _ in sources)
+    counts = [MixCount("train", train_path, 1.0 - weights, len(train), len(train))]
+    if not sources:
+        return Mixed(list(train), counts)
+    total = len(train) / (1.0 - weights)
+    rows = list(train)
+    for source, examples in sources:
+        if not examples:
+            raise RecipeError([f"{source.path}: the mix source has no rows"])
+        k = round(total * source.weight)
+        rows += _draw(examples, k, random.Random(f"mix-{seed}-{source.label}"))
+        counts.append(MixCount(source.label, str(source.path), source.weight, len(examples), k))
+    random.Random(f"mix-order-{seed}").shuffle(rows)
+    return Mixed(rows, counts)
+
+
+def _draw(examples: list[Example], k: int, rng: random.Random) -> list[Example]:
+    """k rows: whole shuffled passes over `examples`, then a sample of the rest without replacement."""
+    out: list[Example] = []
+    while len(out) + len(examples) <= k:
+        out += rng.sample(examples, len(examples))
+    return out + rng.sample(examples, k - len(out))
 
 
 def _read_examples(path: Path, fmt: DataFormat) -> tuple[list[Example], list[str]]:

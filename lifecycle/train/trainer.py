@@ -125,7 +125,7 @@ def fit(
     trainer = SFTTrainer(
         model=model,
         args=config,
-        train_dataset=Dataset.from_list([e.sft for e in train]),
+        train_dataset=Dataset.from_list(training_rows(train, tokenizer)),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[_CommitAndLog(output / "metrics.jsonl", spec.keep_checkpoints, progress)],
@@ -143,6 +143,46 @@ def fit(
         final_loss=loss if loss is not None else float(result.training_loss),
         wall_s=wall,
     )
+
+
+def training_rows(rows: list[Example], tokenizer: Any) -> list[dict[str, Any]]:
+    """The rows trl trains on. Rows of one shape go as they are and trl tokenizes them; one trl dataset holds
+    one shape, so a mix of shapes (chats with plain-text replay) is tokenized here, each row exactly as trl
+    tokenizes its shape (a test compares the two), with the loss where trl puts it."""
+    if len({_shape(e.sft) for e in rows}) <= 1:
+        return [e.sft for e in rows]
+    return [tokenize_row(tokenizer, e.sft) for e in rows]
+
+
+def tokenize_row(tokenizer: Any, sft: dict[str, Any]) -> dict[str, list[int]]:
+    """`input_ids` and `labels` (-100 where there is no loss) as trl's SFTTrainer makes them: text gets the EOS
+    token and loss everywhere; prompt/completion (plain or chat) gets loss on the completion only."""
+    from trl.data_utils import common_prefix_length
+
+    eos = tokenizer.eos_token
+    if _shape(sft) == "text":
+        text = sft["text"] if sft["text"].endswith(eos) else sft["text"] + eos
+        ids = list(tokenizer(text=text)["input_ids"])
+        return {"input_ids": ids, "labels": list(ids)}
+    prompt, completion = sft["prompt"], sft["completion"]
+    if _shape(sft) == "chat":
+        chat = {"tokenize": True, "return_dict": True}
+        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **chat)["input_ids"]
+        ids = tokenizer.apply_chat_template(prompt + completion, **chat)["input_ids"]
+    else:
+        completion = completion if completion.endswith(eos) else completion + eos
+        prompt_ids = tokenizer(text=prompt)["input_ids"]
+        ids = tokenizer(text=prompt + completion)["input_ids"]
+    ids = list(ids)
+    # the completion starts where prompt and prompt + completion diverge (tokens can merge across the seam)
+    start = common_prefix_length(list(prompt_ids), ids)
+    return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
+
+
+def _shape(sft: dict[str, Any]) -> str:
+    if "text" in sft:
+        return "text"
+    return "chat" if isinstance(sft["prompt"], list) else "plain"
 
 
 def _peft_config(recipe: Recipe) -> Any:

@@ -1,8 +1,9 @@
 """The training stage's worker: what `lifecycle worker train recipe.yaml` runs, locally or on a rented node.
 
-Reads the run's recipe and data, resolves the base model, measures base accuracy, trains (resuming from the
-newest committed checkpoint), and writes `worker.json` beside the final model. The launcher on the user's
-machine turns that into a TrainResult and records it in MLflow.
+Reads the run's recipe and data (with its mix sources, drawn seeded), resolves the base model, measures base
+accuracy, trains (resuming from the newest committed checkpoint), and writes `worker.json` beside the final
+model, with the rows each data source put into training. The launcher on the user's machine turns that into
+a TrainResult and records it in MLflow.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from lifecycle import manifest
 from lifecycle.recipe.load import load_recipe
 from lifecycle.recipe.schema import FullMethod
+from lifecycle.train.data import MixCount
 
 WORKER_RESULT = "worker.json"
 
@@ -35,6 +37,7 @@ class WorkerResult(BaseModel):
     train_wall_s: float
     host: str
     accelerator: str
+    data_mix: list[MixCount] = []  # rows per source in the training list: 'train', then each data.mix source
 
 
 def run_worker(
@@ -42,7 +45,7 @@ def run_worker(
 ) -> WorkerResult:
     from lifecycle.train.accuracy import generation_accuracy
     from lifecycle.train.base import resolve_base
-    from lifecycle.train.data import load_examples
+    from lifecycle.train.data import load_examples, load_mix, mix_rows
     from lifecycle.train.trainer import Hardware, fit
 
     loaded = load_recipe(recipe_path)
@@ -50,6 +53,7 @@ def run_worker(
     output.mkdir(parents=True, exist_ok=True)
     base_dir = resolve_base(recipe.model, cache_dir)
     train = load_examples(recipe.data.train, recipe.data.format)
+    mixed = mix_rows(train, load_mix(recipe.data), recipe.training.seed, str(recipe.data.train))
     evaluation = load_examples(recipe.data.eval, recipe.data.format) if recipe.data.eval else None
 
     base_eval_path = output / "base_eval.json"  # measured once: a resumed run keeps the first measurement
@@ -60,7 +64,7 @@ def run_worker(
         manifest.write_json_atomic(base_eval_path, {"accuracy": base_acc})
 
     hw = Hardware.detect(world_size)
-    fitted = fit(recipe, base_dir, train, evaluation, output, hw, progress)
+    fitted = fit(recipe, base_dir, mixed.rows, evaluation, output, hw, progress)
     model_dir = output / "model"
     tuned_acc = generation_accuracy(model_dir, evaluation) if evaluation else None
     adapter = output / "adapter"
@@ -79,6 +83,7 @@ def run_worker(
         train_wall_s=fitted.wall_s,
         host=platform.node(),
         accelerator=_accelerator(),
+        data_mix=mixed.counts,
     )
     manifest.write_json_atomic(output / WORKER_RESULT, result.model_dump(mode="json"))
     return result
