@@ -25,6 +25,13 @@ STOP_S = 15  # from the signal to the CLI's exit, with its worker and servers go
 START_S = 300  # from the start to the first committed checkpoint: ~60 s on an idle 2-core machine
 
 
+def _as_foreground_job() -> None:
+    """A shell starts a foreground job with SIGINT and SIGHUP at their defaults; a test runner started as a
+    script's background job (CI, a tool) has them ignored, and an ignored signal is inherited: undo that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Cli:
     """`lifecycle ARGS` in a session of its own, as a shell starts a foreground job; output in a file."""
 
@@ -35,7 +42,13 @@ class Cli:
         env["LIFECYCLE_HOME"] = str(home)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [CLI, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                [CLI, *args],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_as_foreground_job,
             )
         self.groups = {self.proc.pid}  # every process group seen working for it
 
