@@ -84,7 +84,7 @@ def test_shipped_tasks_resolve_from_any_cwd(tmp_path: Path, monkeypatch: pytest.
         "generate_until",
     )
     assert tickets.chat_template and not facts.chat_template
-    assert (tickets.items, facts.items) == (100, 216)
+    assert (tickets.items, facts.items) == (100, 96)
     assert facts.output_type == "multiple_choice"
     rendered = (resolved.include_path / "support-tickets" / "support-tickets.yaml").read_text()
     assert f"test: {TICKETS}" in rendered
