@@ -219,7 +219,10 @@ def test_mixed_rows_are_tokenized_exactly_as_trl_tokenizes_each_format(
 
     rows = {
         "messages": demo_data.make_tickets(6, seed=2),
-        "prompt_completion": demo_data.replay_rows(seed=0)[:6],
+        "prompt_completion": [
+            {"id": f"fact-{i}", "prompt": f"The capital of Torgo {i} is", "completion": f" Bazenla {i}."}
+            for i in range(6)
+        ],
         "text": [{"text": line} for line in demo_data.pretraining_corpus(seed=0)[:6]],
     }[fmt]
     examples = load_examples(_write(tmp_path / "rows.jsonl", rows), fmt)  # type: ignore[arg-type]
