@@ -26,7 +26,7 @@ def lifecycle_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Short, CPU-sized versions of the demo recipe: the same code paths, fewer steps.
-FAST = ["training.max_steps=120", "training.checkpoint_every=60"]
+FAST = ["training.max_steps=200", "training.checkpoint_every=100"]
 
 
 @pytest.fixture(scope="session")

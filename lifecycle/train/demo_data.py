@@ -1,9 +1,10 @@
 """Seeded synthetic data for the demo: support tickets to classify, and a small world of facts.
 
 Support-ticket routing is the everyday enterprise fine-tuning job, so the demo recipe trains on it. The same
-module writes the text the built-in tiny base is pre-trained on (ticket prose without labels, world facts)
-and multiple-choice questions about those facts: a general eval that a fine-tune must not regress.
-Everything comes from `random.Random` with explicit seeds, so the shipped files regenerate byte for byte.
+module writes the text the built-in tiny base is pre-trained on (ticket prose without labels, world facts),
+multiple-choice questions about those facts (a general eval that a fine-tune must not regress), and replay
+rows of those facts that the demo mixes into training so that it does not. Everything comes from
+`random.Random` with explicit seeds, so the shipped files regenerate byte for byte.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ LABELS: tuple[str, ...] = ("billing", "technical", "account", "shipping", "refun
 # Paths of the shipped demo files, relative to the repository root (see `regenerate`).
 TICKETS_DIR = Path("recipes/data/support-tickets")
 FACTS_FILE = Path("evals/data/general-facts.jsonl")
+REPLAY_FILE = Path("recipes/data/replay/pretraining-facts.jsonl")
 
 _FIRST = (
     "Anna", "Ben", "Carla", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jamal", "Kenji", "Lena",
@@ -288,6 +290,23 @@ def fact_chats(seed: int) -> list[list[dict[str, str]]]:
     return chats
 
 
+def _interleaved(rng: random.Random) -> list[tuple[str, tuple[str, str]]]:
+    """Every fact as (kind, (subject, answer)), shuffled within each kind and the kinds interleaved, so that
+    any prefix of the list covers them evenly."""
+    world = _world()
+    shuffled = {kind: rng.sample(pairs, len(pairs)) for kind, pairs in world.items()}
+    return [
+        (kind, pairs[i])
+        for i in range(max(map(len, world.values())))
+        for kind, pairs in shuffled.items()
+        if i < len(pairs)
+    ]
+
+
+def _capitalized(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
 def general_mc_items(seed: int, n: int) -> list[dict[str, Any]]:
     """`n` four-way multiple-choice items on facts stated in `pretraining_corpus`, drawn evenly across kinds.
 
@@ -295,14 +314,7 @@ def general_mc_items(seed: int, n: int) -> list[dict[str, Any]]:
     """
     rng = random.Random(f"mc-{seed}")
     world = _world()
-    shuffled = {kind: rng.sample(pairs, len(pairs)) for kind, pairs in world.items()}
-    # Interleave the kinds so that any prefix of the list covers them evenly.
-    pool = [
-        (kind, pairs[i])
-        for i in range(max(map(len, world.values())))
-        for kind, pairs in shuffled.items()
-        if i < len(pairs)
-    ]
+    pool = _interleaved(rng)
     if n > len(pool):
         raise UserInputError(f"only {len(pool)} facts exist; asked for {n} multiple-choice items")
     items: list[dict[str, Any]] = []
@@ -314,7 +326,7 @@ def general_mc_items(seed: int, n: int) -> list[dict[str, Any]]:
         items.append(
             {
                 "id": f"{kind}-{len(items):03d}",
-                "question": question[0].upper() + question[1:],
+                "question": _capitalized(question),
                 "choices": choices,
                 "answer": choices.index(answer),
             }
@@ -322,9 +334,70 @@ def general_mc_items(seed: int, n: int) -> list[dict[str, Any]]:
     return items
 
 
+def subject_mc_items(seed: int) -> list[dict[str, Any]]:
+    """A four-way item per fact that asks the other way round: which subject has this answer. `question` is
+    the statement up to the subject; each choice is the rest of a statement with the same answer ("The capital
+    of" + "Torgo is Bazenla."), false for the three other subjects. Only the true choice is a sentence of the
+    pre-training text; it is scored with the same forward log-likelihood as `general_mc_items`.
+
+    Choices keep the full stop, so no item's text equals another's: lm-eval's hf backend shares one forward
+    pass between requests whose tokens coincide, and "The capital of" + "Torgo is Bazenla" coincided with the
+    answer item "The capital of Torgo is" + "Bazenla", which scrambled the answer items' hf scores."""
+    rng = random.Random(f"mc-subject-{seed}")
+    world = _world()
+    items: list[dict[str, Any]] = []
+    for kind, (subject, answer) in _interleaved(rng):
+        if kind == "sum":  # "One plus" + "two is three": which second term makes the sum
+            first, second = subject.split(" plus ")
+            head = f"{first} plus"
+            total = _NUMBERS.index(answer)
+            others = [
+                w for w in _NUMBERS[1:7] if w != second and _NUMBERS.index(first) + _NUMBERS.index(w) != total
+            ]
+            true, wrong = f"{second} is {answer}.", [f"{w} is {answer}." for w in rng.sample(others, 3)]
+        else:
+            head, _, tail = _STATEMENT[kind].partition("{0}")
+            head, tail = head.rstrip(), tail.replace("{1}", answer)
+            others = sorted({s for s, a in world[kind] if a != answer})
+            true, wrong = subject + tail, [s + tail for s in rng.sample(others, 3)]
+        choices = [true, *wrong]
+        rng.shuffle(choices)
+        items.append(
+            {
+                "id": f"{kind}-subject-{len(items):03d}",
+                "question": _capitalized(head),
+                "choices": choices,
+                "answer": choices.index(true),
+            }
+        )
+    return items
+
+
+def general_facts_items(seed: int) -> list[dict[str, Any]]:
+    """The general-facts eval: every fact asked both ways (`general_mc_items`, `subject_mc_items`), alternating,
+    so any prefix (a `limit` smoke run) has both kinds of question."""
+    facts = sum(len(pairs) for pairs in _world().values())
+    answers, subjects = general_mc_items(seed, facts), subject_mc_items(seed)
+    return [item for pair in zip(answers, subjects, strict=True) for item in pair]
+
+
+def replay_rows(seed: int) -> list[dict[str, Any]]:
+    """Every fact of the pre-training text, as `prompt_completion` rows split where the eval asks ("The capital
+    of Torgo is" / " Bazenla."): mixed into a fine-tune, they rehearse what the base knew with a loss on the
+    answer alone, a few tokens a row like the ticket labels, so they do not crowd out the task (measured:
+    6-statement pre-training lines at the same share slowed routing far more)."""
+    rows: list[dict[str, Any]] = []
+    for kind, (subject, answer) in _interleaved(random.Random(f"replay-{seed}")):
+        prompt = _capitalized(_STATEMENT[kind].format(subject, "").rstrip(" ."))
+        rows.append({"id": f"replay-{kind}-{len(rows):03d}", "prompt": prompt, "completion": f" {answer}."})
+    return rows
+
+
 def regenerate(repo_root: Path) -> list[Path]:
-    """Rewrite the shipped demo files (tickets, general-facts eval) under `repo_root`; a test checks them."""
+    """Rewrite the shipped demo files (tickets, replay rows, general-facts eval) under `repo_root`; a test
+    checks them."""
     root = Path(repo_root)
     paths = list(write_demo_data(root / TICKETS_DIR, seed=0).values())
-    paths.append(_write_jsonl(root / FACTS_FILE, general_mc_items(seed=0, n=96)))
+    paths.append(_write_jsonl(root / REPLAY_FILE, replay_rows(seed=0)))
+    paths.append(_write_jsonl(root / FACTS_FILE, general_facts_items(seed=0)))
     return paths

@@ -66,14 +66,18 @@ def test_pretraining_corpus_knows_the_domain_but_not_the_task() -> None:
 
 def test_mc_items_ask_about_facts_stated_in_the_corpus() -> None:
     text = "\n".join(demo_data.pretraining_corpus(seed=0))
-    items = demo_data.general_mc_items(seed=0, n=96)
-    assert len({item["id"] for item in items}) == 96
+    items = demo_data.general_mc_items(seed=0, n=108)
+    assert len({item["id"] for item in items}) == 108
     assert Counter(item["id"].split("-")[0] for item in items) == {
         "capital": 24,
         "color": 24,
-        "sum": 24,
+        "sum": 36,
         "opposite": 24,
     }
+    # a prefix covers the kinds evenly (and the first 96 are the items the eval shipped before it grew)
+    assert Counter(item["id"].split("-")[0] for item in items[:96]) == dict.fromkeys(
+        ("capital", "color", "sum", "opposite"), 24
+    )
     for item in items:
         assert len(set(item["choices"])) == 4 and 0 <= item["answer"] < 4
         assert f"{item['question']} {item['choices'][item['answer']]}." in text
@@ -85,3 +89,58 @@ def test_fact_chats_are_short_chats() -> None:
     chats = demo_data.fact_chats(seed=0)
     assert chats == demo_data.fact_chats(seed=0)
     assert all(chat[-1]["role"] == "assistant" and " " not in chat[-1]["content"] for chat in chats)
+
+
+def test_subject_items_ask_which_subject_a_stated_answer_belongs_to() -> None:
+    text = "\n".join(demo_data.pretraining_corpus(seed=0))
+    items = demo_data.subject_mc_items(seed=0)
+    assert items == demo_data.subject_mc_items(seed=0) != demo_data.subject_mc_items(seed=1)
+    assert Counter(item["id"].split("-")[0] for item in items) == {
+        "capital": 24,
+        "color": 24,
+        "sum": 36,
+        "opposite": 24,
+    }
+    for item in items:
+        assert len(set(item["choices"])) == 4 and 0 <= item["answer"] < 4
+        statements = [f"{item['question']} {choice}" for choice in item["choices"]]
+        # the true choice completes a sentence of the pre-training text, the three others complete none
+        assert [s in text for s in statements] == [k == item["answer"] for k in range(4)], statements
+    assert len({item["answer"] for item in items}) == 4
+
+
+def test_general_facts_asks_every_fact_both_ways_alternating() -> None:
+    items = demo_data.general_facts_items(seed=0)
+    assert len(items) == len({item["id"] for item in items}) == 216
+    assert ["subject" in item["id"] for item in items[:6]] == [False, True] * 3
+    assert items[0::2] == demo_data.general_mc_items(seed=0, n=108)
+    assert items[1::2] == demo_data.subject_mc_items(seed=0)
+
+
+def test_replay_rows_are_the_pre_training_facts_split_where_the_eval_asks() -> None:
+    text = "\n".join(demo_data.pretraining_corpus(seed=0))
+    rows = demo_data.replay_rows(seed=0)
+    assert rows == demo_data.replay_rows(seed=0)
+    assert len(rows) == len({row["id"] for row in rows}) == len({row["prompt"] for row in rows}) == 108
+    for row in rows:
+        assert set(row) == {"id", "prompt", "completion"}
+        assert row["completion"].startswith(" ") and row["completion"].endswith(".")
+        assert row["prompt"] + row["completion"] in text
+    questions = {item["question"] for item in demo_data.general_mc_items(seed=0, n=108)}
+    assert {row["prompt"] for row in rows} == questions  # the eval's questions, nothing more
+    assert SYSTEM_PROMPT not in "".join(row["prompt"] for row in rows)  # no ticket routing in the replay
+
+
+def test_general_facts_requests_that_share_a_forward_pass_have_the_same_question(tiny_base: Path) -> None:
+    """lm-eval's hf backend runs one forward pass for all requests whose tokens coincide but for the last
+    continuation token: meant for one question's one-token choices, and right for a distractor two items share.
+    Across different questions it scrambled scores: "The capital of" + "Torgo is Bazenla" and "The capital of
+    Torgo is" + "Bazenla" are the same tokens (so the subject choices keep the full stop)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    question: dict[tuple[int, ...], str] = {}
+    for item in demo_data.general_facts_items(seed=0):
+        for choice in item["choices"]:
+            key = tuple(tokenizer(f"{item['question']} {choice}")["input_ids"][:-1])
+            assert question.setdefault(key, item["question"]) == item["question"], (item["id"], choice)
