@@ -3,7 +3,8 @@ error, every problem at once, as `FILE:LINE: field: message`.
 
 - the accelerator is one SkyPilot knows (its catalog; offline, the GPU list it ships), and with a catalog,
   some cloud in the recipe's placements offers that many per node;
-- the bucket is a URI SkyPilot can mount; the base model is no folder on this machine; the data files exist.
+- the bucket is a URI SkyPilot can mount; the base model is no folder on this machine; every data file the
+  node will read (train, eval, each `data.mix` source) exists.
 """
 
 from __future__ import annotations
@@ -103,8 +104,19 @@ def where(loaded: LoadedRecipe, *loc: str | int) -> str:
 
 
 def data_mounts(loaded: LoadedRecipe, run_dir: Path) -> dict[str, Path]:
-    """Data files by their path relative to the run directory: the run's copies if made, else the recipe's."""
-    copies = run_dir / "data"
-    if copies.is_dir() and any(copies.iterdir()):
-        return {f"data/{p.name}": p for p in sorted(copies.iterdir()) if p.is_file()}
-    return {f"data/{split}{path.suffix}": path for split, path in data_files(loaded.recipe.data).items()}
+    """Every data file the recipe names (train, eval, each `data.mix` source), keyed by where the worker on a
+    node opens it: the path relative to the run directory (the workdir) for a file inside it, the same
+    absolute path for any other. The workdir sync leaves `data/` out (sky_launch.SKYIGNORE), so each goes as a
+    file mount. Before the run directory holds its recipe (a dry run), train and eval are planned where the
+    training stage copies them, `data/<split>.jsonl`."""
+    run = run_dir.resolve()
+    planned = not loaded.path.resolve().is_relative_to(run)
+    files = dict(data_files(loaded.recipe.data))
+    mounts: dict[str, Path] = {}
+    if planned:
+        mounts = {f"data/{split}{path.suffix}": path for split, path in files.items()}
+        files = {}
+    for path in [*files.values(), *(source.path for source in loaded.recipe.data.mix)]:
+        local = path.resolve()
+        mounts[str(local.relative_to(run)) if local.is_relative_to(run) else str(local)] = local
+    return mounts

@@ -3,7 +3,8 @@
     render_task(...) -> task (a YAML mapping)   to_yaml(task) -> text, parsed by SkyPilot's own Task.from_yaml
 
 The node sees the same layout as the local launcher: the run directory is the workdir (the worker runs
-there, reading `recipe.yaml`), the run's data files are mounted at the same relative paths, and
+there, reading `recipe.yaml`), every data file the run's recipe names (train, eval, each `data.mix` source) is
+mounted where the worker opens it (the same path relative to the workdir, or the same absolute path), and
 LIFECYCLE_OUTPUT_DIR points at the run's folder in the bucket, mounted with MOUNT_CACHED. That mode writes to
 a local cache and uploads in the background, so after a preemption the bucket may hold a checkpoint whose
 newest files never arrived: the commit marker plus the manifest check in lifecycle.launch.checkpoints make
@@ -12,6 +13,7 @@ resume skip it. (SkyPilot waits for the uploads to finish before it marks a job 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Mapping
@@ -38,10 +40,25 @@ def accelerator_spec(text: str) -> tuple[str, int]:
     return name, int(count) if count else 1
 
 
+JOB_PREFIX = "lifecycle-"  # every job and cluster this platform launches (lifecycle jobs list filters on it)
+MAX_NAME = 63  # SkyPilot's (and most clouds') limit on a cluster name
+# The end of a run id that tells runs of one recipe apart: `-<YYYYmmdd-HHMMSS>-<6 hex>` (lifecycle.runs)
+_RUN_TAIL = re.compile(r"-\d{8}-\d{6}(-[0-9a-f]{1,12})?$")
+
+
 def job_name(run_id: str) -> str:
-    """A name SkyPilot accepts for a job and a cluster: lower-case letters, digits and single dashes."""
+    """`lifecycle-<run id>` as a name SkyPilot accepts for a job and a cluster (lower-case letters, digits,
+    single dashes, at most 63 characters). A long recipe name is shortened, never the run id's time and random
+    tail: the rerun of a run finds its managed job by this name, so two runs must never share one."""
     slug = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", run_id.lower())).strip("-")
-    return f"lifecycle-{slug}"[:63].rstrip("-")
+    name = JOB_PREFIX + slug
+    if len(name) <= MAX_NAME:
+        return name
+    found = _RUN_TAIL.search(slug)
+    # a run id of another shape keeps a digest of itself instead, still unique to it
+    tail = found.group(0) if found else "-" + hashlib.sha256(run_id.encode()).hexdigest()[:12]
+    head = slug[: found.start() if found else len(slug)]
+    return JOB_PREFIX + head[: MAX_NAME - len(JOB_PREFIX) - len(tail)].rstrip("-") + tail
 
 
 def output_uri(bucket: str, run_id: str) -> str:
@@ -71,7 +88,8 @@ def render_task(
     payload: Payload,
     template: Path = TEMPLATE,
 ) -> CommentedMap:
-    """The SkyPilot task for one run. `data_files` maps paths relative to the run directory to local files."""
+    """The SkyPilot task for one run. `data_files` maps where the worker opens each data file on the node (a
+    path relative to the run directory, the workdir, or an absolute path) to the local file mounted there."""
     task = _load_template(template)
     task["name"] = name
     task["workdir"] = str(run_dir.resolve())
@@ -84,8 +102,8 @@ def render_task(
     envs["LIFECYCLE_PYTHON"] = payload.python
     mounts = CommentedMap()
     mounts[REMOTE_OUTPUT] = CommentedMap([("source", output), ("mode", "MOUNT_CACHED")])
-    for rel, local in sorted(data_files.items()):
-        mounts[f"{REMOTE_WORKDIR}/{rel}"] = str(local.resolve())
+    for remote, local in sorted(data_files.items()):
+        mounts[remote if remote.startswith("/") else f"{REMOTE_WORKDIR}/{remote}"] = str(local.resolve())
     task["file_mounts"] = mounts
     task["run"] = worker_command()
     return task

@@ -331,9 +331,14 @@ def write_fake_output(output: Path, *, adapter: bool = True) -> None:
 
 
 def write_sky_recipe(
-    folder: Path, launch: dict[str, Any] | None = None, *, base: str = "org/some-model"
+    folder: Path,
+    launch: dict[str, Any] | None = None,
+    *,
+    base: str = "org/some-model",
+    mix: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """A small valid recipe with `launch.kind: sky` and two tiny data files beside it."""
+    """A small valid recipe with `launch.kind: sky` and two tiny data files beside it (and `data.mix`
+    sources, whose files the caller writes)."""
     from ruamel.yaml import YAML
 
     data = folder / "data"
@@ -344,7 +349,12 @@ def write_sky_recipe(
     recipe = {
         "name": "sky-test",
         "model": {"base": base},
-        "data": {"train": "data/train.jsonl", "eval": "data/eval.jsonl", "format": "messages"},
+        "data": {
+            "train": "data/train.jsonl",
+            "eval": "data/eval.jsonl",
+            "format": "messages",
+            **({"mix": mix} if mix else {}),
+        },
         "method": {"kind": "lora", "r": 8},
         "training": {"max_steps": 10},
         "launch": {
@@ -358,4 +368,11 @@ def write_sky_recipe(
     path = folder / "recipe.yaml"
     with path.open("w") as fh:
         YAML().dump(recipe, fh)
+    return path
+
+
+def write_mix_rows(path: Path, n: int = 3) -> Path:
+    """A `data.mix` source of `prompt_completion` rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(n)))
     return path

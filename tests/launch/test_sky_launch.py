@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import io
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
-from sky_standin import Scenario, StandInSky, stand_in_client, write_fake_output, write_sky_recipe
+from sky_standin import (
+    Scenario,
+    StandInSky,
+    stand_in_client,
+    write_fake_output,
+    write_mix_rows,
+    write_sky_recipe,
+)
 
 from lifecycle import manifest
 from lifecycle.errors import LaunchError, ManifestError, NoCloudError, RecipeError, UserInputError
 from lifecycle.launch import sky_launch
 from lifecycle.launch.command import worker_command
-from lifecycle.launch.sky_launch import DryRunPlan, SkyLauncher, SkyLaunchResult, dry_run, launch_sky
+from lifecycle.launch.sky_launch import SkyLauncher, SkyLaunchResult, dry_run, launch_sky
+from lifecycle.launch.sky_task import REMOTE_WORKDIR
 from lifecycle.recipe.load import LoadedRecipe, load_recipe
 from lifecycle.runs import RunDir, RunInfo
+from lifecycle.train.data import load_mix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,19 +42,37 @@ def output_of(c: Console) -> str:
     return file.getvalue()
 
 
-def prepared_run(tmp_path: Path, launch: dict[str, Any] | None = None) -> tuple[LoadedRecipe, Path]:
-    """A run directory as `lifecycle train` prepares it: run.json, recipe.yaml, data/."""
-    source = load_recipe(write_sky_recipe(tmp_path / "src", launch))
-    run = RunDir(tmp_path / "runs" / "sky-test-20261128-120000")
+def prepared_run(
+    tmp_path: Path, launch: dict[str, Any] | None = None, mix: list[dict[str, Any]] | None = None
+) -> tuple[LoadedRecipe, Path]:
+    """A run directory as `lifecycle train` prepares it: run.json, recipe.yaml, data/ (with the files of
+    `tmp_path/src/data`, mix files included). The recipe's relative paths now name the run's copies."""
+    source = load_recipe(write_sky_recipe(tmp_path / "src", launch, mix=mix))
+    run = RunDir(tmp_path / "runs" / "sky-test-20261128-120000-a1b2c3")
     run.write_info(
         RunInfo(run_id=run.path.name, recipe_name="sky-test", recipe_sha256=source.sha256, created="x")
     )
-    run.data_dir.mkdir()
-    for name in ("train.jsonl", "eval.jsonl"):
-        (run.data_dir / name).write_text((tmp_path / "src" / "data" / name).read_text())
-    text = source.text.replace("data/train.jsonl", "data/train.jsonl")  # relative to the run directory
-    run.recipe_path.write_text(text)
+    shutil.copytree(tmp_path / "src" / "data", run.data_dir)
+    run.recipe_path.write_text(source.text)
     return load_recipe(run.recipe_path), run.path
+
+
+def poll_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The launcher's waits between two looks at a managed job, recorded instead of slept (other sleeps,
+    such as the manifest writer's clock tick, happen as usual)."""
+    waits: list[float] = []
+    sleep = time.sleep
+
+    def recorded(seconds: float) -> None:
+        if seconds == sky_launch.POLL_S:
+            waits.append(seconds)
+            if len(waits) > 5:
+                raise AssertionError("still following the job after 5 polls")
+        else:
+            sleep(seconds)
+
+    monkeypatch.setattr(sky_launch.time, "sleep", recorded)
+    return waits
 
 
 def bucket_of(fake: StandInSky, run: Path) -> Path:
@@ -67,7 +96,6 @@ def test_dry_run_prints_task_plan_and_cost_and_launches_nothing(tmp_path: Path) 
         expected_hours=2,
         secrets={"HF_TOKEN": "hf_very_secret"},
     )
-    assert isinstance(plan, DryRunPlan)
     text = output_of(out)
     assert f"run: {worker_command()}" in text  # the rendered task
     assert "Resource plan" in text and "2 x H100:8 = 16 H100" in text
@@ -196,7 +224,7 @@ def test_managed_job_brings_the_verified_model_home_and_records_cost(tmp_path: P
     assert (result.mode, result.status, result.name) == (
         "managed",
         "SUCCEEDED",
-        "lifecycle-sky-test-20261128-120000",
+        "lifecycle-sky-test-20261128-120000-a1b2c3",
     )
     assert result.output_uri == f"s3://test-bucket/lifecycle/{run.name}"
     assert manifest.verify(run / "train" / "model").digest == result.brought_home.manifest_digest
@@ -216,16 +244,53 @@ def test_managed_job_brings_the_verified_model_home_and_records_cost(tmp_path: P
     assert "model verified" in output_of(out)
 
 
-def test_a_failed_managed_job_brings_nothing_home(tmp_path: Path) -> None:
+@pytest.mark.parametrize("status", ["FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"])
+def test_a_failed_managed_job_brings_nothing_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    polls = poll_waits(monkeypatch)
     loaded, run = prepared_run(tmp_path)
-    client, _ = stand_in_client(
-        tmp_path / "b", Scenario(on_run=write_fake_output, exit_code=100, final_status="FAILED")
+    client, fake = stand_in_client(
+        tmp_path / "b", Scenario(on_run=write_fake_output, exit_code=100, final_status=status)
     )
     with pytest.raises(
-        LaunchError, match=r"managed job 1 ended FAILED: exit code 1\. SkyPilot has released its GPUs"
+        LaunchError, match=rf"managed job 1 ended {status}: exit code 1\. SkyPilot has released its GPUs"
     ):
         launch_sky(loaded, run, client, dry_run=False, console=console())
-    assert not (run / "train" / "model").exists()
+    assert not (run / "train" / "model").exists()  # even though the worker wrote one into the bucket
+    assert not fake.called("jobs.cancel")
+    assert polls == [] and len(fake.called("jobs.tail_logs")) == 1  # an ended job is not followed again
+
+
+def test_a_preempted_managed_job_is_followed_through_its_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log stream ends when the spot node is preempted; SkyPilot recovers the job on another node, and
+    the launcher follows it again after POLL_S, rather than give up or launch a second job."""
+    waits = poll_waits(monkeypatch)
+    loaded, run = prepared_run(tmp_path, {"use_spot": True, "price_per_hour": 2.0})
+    client, fake = stand_in_client(
+        tmp_path / "b", Scenario(final_status="RUNNING", recoveries=1, job_duration_s=7200)
+    )
+    statuses = iter(["RECOVERING", "SUCCEEDED"])
+
+    def follow(*args: Any, **kwargs: Any) -> int:
+        fake._bind("jobs.tail_logs", args, kwargs)
+        status = next(statuses)
+        if status == "SUCCEEDED":  # the job finishes on its second node
+            write_fake_output(bucket_of(fake, run))
+        fake.jobs_table[1]["status"] = status
+        return 0
+
+    fake.jobs.tail_logs = follow
+    result = launch_sky(loaded, run, client, dry_run=False, console=console())
+    assert isinstance(result, SkyLaunchResult)
+    assert len(fake.called("jobs.tail_logs")) == 2 and waits == [sky_launch.POLL_S]
+    assert len(fake.called("jobs.launch")) == 1
+    assert (result.status, result.recoveries) == ("SUCCEEDED", 1)
+    # SkyPilot's own duration of the job (both nodes), not this machine's wall time
+    assert (result.cost.hours, result.cost.actual_usd) == (2.0, 4.0)
+    manifest.verify(run / "train" / "model")
 
 
 def test_a_corrupted_file_in_the_bucket_stops_the_pipeline(tmp_path: Path) -> None:
@@ -339,13 +404,64 @@ def test_a_failed_teardown_does_not_hide_the_jobs_own_error(tmp_path: Path) -> N
 
 def test_sky_launcher_is_the_stages_launcher(tmp_path: Path) -> None:
     _, run = prepared_run(tmp_path, {"price_per_hour": 2.0})
-    client, _ = stand_in_client(tmp_path / "b", Scenario(on_run=write_fake_output, job_duration_s=3600))
-    launcher = SkyLauncher(backend=client, console=console(), secrets={"HF_TOKEN": "x"})
+    client, fake = stand_in_client(tmp_path / "b", Scenario(on_run=write_fake_output, job_duration_s=3600))
+    launcher = SkyLauncher(backend=client, console=console(), secrets={"HF_TOKEN": "hf_x"})
     spent = launcher(RunDir(run))
-    assert launcher.kind == "sky"
-    assert (spent.actual_usd, spent.source) == (2.0, "recipe")
+    assert (spent.actual_usd, spent.hours, spent.source) == (2.0, 1.0, "recipe")
     assert (run / "train" / "worker.json").is_file()
+    (launched,) = fake.called("jobs.launch")
+    assert launched["name"] == f"lifecycle-{run.name}"
+    assert launched["task"].secrets["HF_TOKEN"].get_secret_value() == "hf_x"  # a secret, never an env
+    assert "HF_TOKEN" not in launched["task"].envs
+    assert "hf_x" not in (run / "sky-task" / "task.yaml").read_text()
 
 
-def test_poll_interval_is_short_enough_to_follow_a_recovery() -> None:
-    assert 1 <= sky_launch.POLL_S <= 60
+# ------------------------------------------------------------------------------------------------ data.mix
+
+
+def test_mix_files_reach_the_node_where_the_runs_recipe_names_them(tmp_path: Path) -> None:
+    """`data.mix` sources as a run names them: a copy inside the run (`data/mix/...`, which the workdir sync
+    leaves out) and a file at an absolute path outside it. Replaying the launched task's workdir sync and file
+    mounts onto a stand-in node, the worker there loads the run's recipe and reads every mix row."""
+    write_mix_rows(tmp_path / "src" / "data" / "mix" / "0-replay.jsonl", 3)
+    outside = write_mix_rows(tmp_path / "shared" / "general.jsonl", 2)
+    mix = [
+        {"path": "data/mix/0-replay.jsonl", "format": "prompt_completion", "weight": 0.2},
+        {"path": str(outside), "format": "prompt_completion", "weight": 0.1},
+    ]
+    loaded, run = prepared_run(tmp_path, mix=mix)
+    client, fake = stand_in_client(tmp_path / "b", Scenario(on_run=write_fake_output))
+    launch_sky(loaded, run, client, dry_run=False, console=console())
+    (launched,) = fake.called("jobs.launch")
+    task = launched["task"]  # as SkyPilot's parser read the launched file
+
+    workdir = tmp_path / "node" / "sky_workdir"
+    skipped = {line.rstrip("/") for line in (run / ".skyignore").read_text().split()}
+    shutil.copytree(
+        task.workdir, workdir, ignore=lambda d, names: skipped & set(names) if d == task.workdir else set()
+    )
+    elsewhere = {}
+    for remote, local in task.file_mounts.items():
+        if remote.startswith(f"{REMOTE_WORKDIR}/"):
+            dest = workdir / remote.removeprefix(f"{REMOTE_WORKDIR}/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, dest)
+        else:
+            elsewhere[remote] = local
+    assert elsewhere == {str(outside): str(outside)}  # the same absolute path on the node
+
+    on_node = load_recipe(workdir / "recipe.yaml").recipe.data  # checks that every data file is there
+    assert [s.path for s in on_node.mix] == [workdir / "data" / "mix" / "0-replay.jsonl", outside]
+    assert on_node.train == workdir / "data" / "train.jsonl"
+    assert [len(rows) for _, rows in load_mix(on_node)] == [3, 2]
+
+
+def test_a_missing_mix_file_is_caught_before_launch(tmp_path: Path) -> None:
+    replay = write_mix_rows(tmp_path / "replay.jsonl")
+    loaded = load_recipe(
+        write_sky_recipe(tmp_path, mix=[{"path": str(replay), "format": "prompt_completion", "weight": 0.1}])
+    )
+    replay.unlink()  # vanished after validation
+    client, _ = stand_in_client(tmp_path)
+    with pytest.raises(RecipeError, match=rf"data: {replay} \({replay} on the node\) does not exist"):
+        dry_run(loaded, console(), backend=client, run_dir=tmp_path / "r")
