@@ -3,6 +3,7 @@ exactly the command the local launcher executes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shlex
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
+from sky_standin import write_mix_rows, write_sky_recipe
 
 import sky
 from lifecycle.launch import remote_env
 from lifecycle.launch.command import OUTPUT_ENV, worker_argv, worker_command
 from lifecycle.launch.sky_client import SkyClient
+from lifecycle.launch.sky_preflight import data_mounts
 from lifecycle.launch.sky_task import (
     REMOTE_OUTPUT,
     REMOTE_WORKDIR,
@@ -28,6 +31,7 @@ from lifecycle.launch.sky_task import (
 )
 from lifecycle.recipe.load import data_files, load_recipe
 from lifecycle.recipe.schema import Placement, SkyLaunch
+from lifecycle.runs import new_run_id
 
 ROOT = Path(__file__).resolve().parents[2]
 SKY_RECIPES = sorted(
@@ -125,13 +129,64 @@ def test_placements_become_infra_strings_skypilot_accepts(
         sky.Task.from_yaml(str(file))
 
 
-@pytest.mark.parametrize("run_id", ["demo-tickets-20261128-101010", "Odd_Name..2026", "x" * 90])
+@pytest.mark.parametrize(
+    "run_id",
+    ["demo-tickets-20261128-101010-0a1b2c", "Odd_Name..2026", "x" * 90, "y" * 40 + "-20261128-101010"],
+)
 def test_job_names_are_valid_skypilot_cluster_names(run_id: str) -> None:
     from sky.skylet import constants
 
     name = job_name(run_id)
     assert re.fullmatch(constants.CLUSTER_NAME_VALID_REGEX, name), name
     assert len(name) <= 63
+
+
+def test_a_long_recipe_name_keeps_the_run_ids_unique_tail() -> None:
+    """The rerun of a run follows its managed job by name: runs of one long-named recipe, started in the
+    same second, must get different names, each ending in its run id's time and random tail."""
+    recipe = "llama-3-1-70b-instruct-full-fine-tune-on-support-tickets-v2"
+    when = dt.datetime(2026, 11, 28, 12, 0, 0)
+    first, second = (job_name(new_run_id(recipe, when, token)) for token in ("a1b2c3", "d4e5f6"))
+    assert first != second
+    assert first.endswith("-20261128-120000-a1b2c3") and second.endswith("-20261128-120000-d4e5f6")
+    assert first.startswith("lifecycle-llama-3-1-70b-") and len(first) == 63
+    short = new_run_id("demo", when, "a1b2c3")
+    assert job_name(short) == f"lifecycle-{short}"  # a name that fits is left whole
+    # a run id of another shape: distinct ids still give distinct names
+    assert job_name("x" * 90) != job_name("x" * 89 + "y")
+
+
+def test_a_recipe_with_a_mix_renders_a_mount_for_every_mix_file(tmp_path: Path) -> None:
+    """A dry run (no run directory yet) of a recipe with `data.mix`: train and eval are planned where the
+    training stage copies them, each mix source is mounted at the path the recipe names, and SkyPilot's
+    parser accepts the task and finds every mounted file."""
+    data = tmp_path / "src" / "data"
+    mix = [
+        {"path": str(write_mix_rows(data / name)), "format": "prompt_completion", "weight": 0.1}
+        for name in ("replay.jsonl", "general.jsonl")
+    ]
+    write_sky_recipe(tmp_path / "src", mix=mix)
+    loaded = load_recipe(tmp_path / "src" / "recipe.yaml")
+    launch = loaded.recipe.launch
+    assert isinstance(launch, SkyLaunch)
+    task = render_task(
+        name=job_name("run-1"),
+        run_dir=tmp_path / "runs" / "run-1",
+        launch=launch,
+        output=output_uri("s3://b/l", "run-1"),
+        data_files=data_mounts(loaded, tmp_path / "runs" / "run-1"),
+        payload=remote_env.planned_payload(),
+    )
+    file = tmp_path / "task.yaml"
+    file.write_text(to_yaml(task))
+    parsed = sky.Task.from_yaml(str(file))
+    assert parsed.file_mounts == {
+        f"{REMOTE_WORKDIR}/data/train.jsonl": str(data / "train.jsonl"),
+        f"{REMOTE_WORKDIR}/data/eval.jsonl": str(data / "eval.jsonl"),
+        str(data / "replay.jsonl"): str(data / "replay.jsonl"),
+        str(data / "general.jsonl"): str(data / "general.jsonl"),
+    }
+    parsed.expand_and_validate_file_mounts()
 
 
 def test_the_setup_script_builds_the_venv_and_puts_lifecycle_on_path(tmp_path: Path) -> None:
