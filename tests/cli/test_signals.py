@@ -286,7 +286,7 @@ def test_the_resume_command_continues_what_was_interrupted() -> None:
 
 def test_a_server_leaves_sigterm_to_the_clis_handler() -> None:
     from lifecycle import interrupt
-    from lifecycle.engines.vllm import _raise_on_sigterm
+    from lifecycle.engines.supervise import raise_on_sigterm as _raise_on_sigterm
 
     before = {signum: signal.getsignal(signum) for signum in interrupt.SIGNALS}
     try:
