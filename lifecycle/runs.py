@@ -19,75 +19,20 @@ import datetime as dt
 import secrets
 import shutil
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from lifecycle.errors import MissingResultError, UserInputError
 from lifecycle.manifest import write_json_atomic
+from lifecycle.results import STAGES, Cost, DataStats, Frozen, RunInfo, Stopped, TrainResult
 
 R = TypeVar("R", bound=BaseModel)
 
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+__all__ = ["STAGES", "Cost", "DataStats", "Frozen", "RunDir", "RunInfo", "Stopped", "TrainResult"]
 
 
-class RunInfo(Frozen):
-    run_id: str
-    recipe_name: str
-    recipe_sha256: str
-    created: str  # created_stamp(): 2025-01-31T09:30:00.123456 (runs made before it stop at the second)
-    mlflow_run_id: str | None = None
-    overrides: tuple[str, ...] = ()
 
-
-class DataStats(Frozen):
-    path: str
-    sha256: str
-    rows: int
-
-
-class Cost(Frozen):
-    """Dollars for the compute a stage used. Local CPU runs cost nothing billable."""
-
-    usd_per_hour: float = 0.0
-    hours: float = 0.0
-    estimated_usd: float = 0.0
-    actual_usd: float = 0.0
-    source: str = "local"  # local | catalog | recipe
-
-
-STAGES = ("train", "quantize", "chain", "gate", "register")  # in the order `lifecycle train` runs them
-
-
-class Stopped(Frozen):
-    """How the last command working on a run stopped short of its end: a stop signal, or an error."""
-
-    reason: Literal["interrupted", "failed"]
-    stage: str  # the first stage without a result at that moment
-    time: str
-    signal: str | None = None  # interrupted: SIGINT, SIGTERM or SIGHUP
-    step: int | None = None  # stopped in training: the newest committed checkpoint's step (resumes there)
-    error: str | None = None  # failed: the error's first line
-
-
-class TrainResult(Frozen):
-    model_dir: str  # merged (or fully fine-tuned) Hugging Face folder, verified against its manifest
-    manifest_digest: str
-    adapter_dir: str | None  # LoRA adapter folder, for the chain check and adapter serving
-    base_model_dir: str  # the exact base the run started from
-    base_manifest_digest: str
-    method: str
-    steps: int
-    resumed_from_step: int | None
-    final_loss: float | None
-    eval_accuracy: float | None
-    base_eval_accuracy: float | None
-    wall_s: float
-    data: dict[str, DataStats]
-    cost: Cost
-    launch: dict[str, str]
 
 
 def new_run_id(recipe_name: str, now: dt.datetime | None = None, token: str | None = None) -> str:

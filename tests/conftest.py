@@ -30,49 +30,42 @@ FAST = ["training.max_steps=200", "training.checkpoint_every=100"]
 
 
 @pytest.fixture(scope="session")
-def prepared_run(lifecycle_home: Path, tiny_base: Path, serve_python: Path):  # type: ignore[no-untyped-def]
-    """Factory: a prepared (not yet trained) run of recipes/demo.yaml with overrides, its scheme resolved."""
-    from lifecycle.preflight import resolve_target
-    from lifecycle.quantize.target import STAGE as TARGET
-    from lifecycle.recipe.load import load_recipe
-    from lifecycle.registry.tracking import Tracker
-    from lifecycle.train import stage as train_stage
+def api(lifecycle_home: Path, serve_python: Path):  # type: ignore[no-untyped-def]
+    """The platform's Python API over the session's private store, serving with the real vLLM."""
+    from lifecycle.api import Lifecycle
+    from lifecycle.settings import load_settings
 
-    tracker = Tracker(f"sqlite:///{lifecycle_home / 'mlflow.db'}", lifecycle_home / "artifacts")
+    env = {"LIFECYCLE_HOME": str(lifecycle_home), "LIFECYCLE_SERVE_PYTHON": str(serve_python)}
+    return Lifecycle(load_settings(env, cwd=REPO), project_dir=REPO)
+
+
+@pytest.fixture(scope="session")
+def prepared_run(api):  # type: ignore[no-untyped-def]
+    """Factory: a prepared (not yet trained) run of recipes/demo.yaml with overrides, its scheme resolved on
+    this host's engine (probed once, cached), as `lifecycle train` prepares it."""
 
     def make(name: str, overrides: list[str]):  # type: ignore[no-untyped-def]
-        loaded = load_recipe(REPO / "recipes" / "demo.yaml", [f"name={name}", *overrides])
-        run = train_stage.prepare(loaded, lifecycle_home / "runs", tracker, REPO)
-        # what `lifecycle train` does next: the scheme on this host's engine (probed once, cached)
-        target = resolve_target(loaded, serve_python=serve_python, cache_dir=lifecycle_home / "cache")
-        run.save(TARGET, target)
-        return run
+        return api.prepare(REPO / "recipes" / "demo.yaml", [f"name={name}", *overrides])
 
     return make
 
 
-def _train(prepared_run, lifecycle_home: Path, name: str, overrides: list[str]):  # type: ignore[no-untyped-def]
-    from lifecycle.registry.tracking import Tracker
-    from lifecycle.train import stage as train_stage
-
+def _train(prepared_run, api, name: str, overrides: list[str]):  # type: ignore[no-untyped-def]
     run = prepared_run(name, overrides)
-    tracker = Tracker(f"sqlite:///{lifecycle_home / 'mlflow.db'}", lifecycle_home / "artifacts")
-    train_stage.run(run, train_stage.LocalLauncher(cache_dir=lifecycle_home / "cache"), tracker)
+    api.train(run)
     return run
 
 
 @pytest.fixture(scope="session")
-def lora_run(prepared_run, lifecycle_home: Path):  # type: ignore[no-untyped-def]
+def lora_run(prepared_run, api):  # type: ignore[no-untyped-def]
     """A finished LoRA fine-tune of the tiny model (shared by train, quantize, chain and gate tests)."""
-    return _train(prepared_run, lifecycle_home, "lora", FAST)
+    return _train(prepared_run, api, "lora", FAST)
 
 
 @pytest.fixture(scope="session")
-def full_run(prepared_run, lifecycle_home: Path):  # type: ignore[no-untyped-def]
+def full_run(prepared_run, api):  # type: ignore[no-untyped-def]
     """A finished full fine-tune of the tiny model."""
-    return _train(
-        prepared_run, lifecycle_home, "full", [*FAST, "method={kind: full}", "training.learning_rate=3e-4"]
-    )
+    return _train(prepared_run, api, "full", [*FAST, "method={kind: full}", "training.learning_rate=3e-4"])
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +77,7 @@ def serve_python() -> Path:
 
 
 @pytest.fixture(scope="session")
-def serve_factory(serve_python: Path):  # type: ignore[no-untyped-def]
-    """What the CLI hands the stages: start a vLLM server from the serving environment, stop it on exit."""
-    from lifecycle.cli.context import Context
-    from lifecycle.settings import load_settings
-
-    settings = load_settings({"LIFECYCLE_SERVE_PYTHON": str(serve_python)}, cwd=REPO)
-    return Context(settings=settings, project_dir=REPO).serve_factory
+def serve_factory(api):  # type: ignore[no-untyped-def]
+    """What the API hands the stages: serve_factory(workdir)(model_dir, loras) starts a vLLM server from the
+    serving environment, logs under workdir, and stops it on exit."""
+    return api.serve

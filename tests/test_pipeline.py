@@ -6,42 +6,69 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from lifecycle import manifest
-from lifecycle.cli.context import Context
+from lifecycle.api import Lifecycle, Outcome
 from lifecycle.errors import StageError
-from lifecycle.gate.stage import GateResult
-from lifecycle.pipeline import run_gate, run_register
-from lifecycle.quantize import stage as quantize_stage
-from lifecycle.quantize.target import ServeTarget
+from lifecycle.registry.stage import Register
+from lifecycle.results import GateResult, QuantizeResult, ServeTarget
+from lifecycle.runner import OpenRun, run_stage
 from lifecycle.runs import RunDir
-from lifecycle.settings import load_settings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ctx(lifecycle_home: Path, serve_python: Path) -> Context:
-    env = {"LIFECYCLE_HOME": str(lifecycle_home), "LIFECYCLE_SERVE_PYTHON": str(serve_python)}
-    return Context(settings=load_settings(env, cwd=REPO), project_dir=REPO)
+def started() -> list[Path]:
+    return []
 
 
 @pytest.fixture(scope="module")
-def gated(lora_run: RunDir, ctx: Context) -> GateResult:
-    quantize_stage.run(lora_run, ctx.tracker)
-    quantize_stage.run_chain_check(lora_run, ctx.serve_factory(lora_run.path / "engines"), ctx.tracker)
-    return run_gate(lora_run, ctx, Console(quiet=True))
+def outcome(lora_run: RunDir, api: Lifecycle, started: list[Path]) -> Outcome:
+    """The rest of the pipeline on the trained LoRA run, through the API, counting the vLLM servers it starts."""
+    serve = api.serve(lora_run.path / "engines")
+
+    def counting(model_dir: Path, loras: dict[str, Path]):  # type: ignore[no-untyped-def]
+        started.append(model_dir)
+        return serve(model_dir, loras)
+
+    counted = Lifecycle(api.settings, project_dir=api.project_dir, serve=counting)
+    return counted.run(lora_run)
 
 
-def test_chain_check_passes_the_honest_merge(lora_run: RunDir, gated: GateResult) -> None:
-    report = lora_run.load("chain", quantize_stage.ChainReport)
+@pytest.fixture(scope="module")
+def gated(outcome: Outcome) -> GateResult:
+    return outcome.gate
+
+
+def test_each_artifact_is_served_once(outcome: Outcome, started: list[Path]) -> None:
+    quantized = Path(outcome.quantize.model_dir)
+    assert started == [Path(outcome.train.base_model_dir), Path(outcome.train.model_dir), quantized]
+
+
+def test_chain_check_passes_the_honest_merge_and_measures_held_out_accuracy(outcome: Outcome) -> None:
+    report = outcome.chain
     assert report.passed
     by_link = {(p.left, p.right): p for p in report.pairs}
     assert by_link[("adapter", "merged")].agreement >= 0.9
     assert ("merged", "quantized") in by_link
     assert report.samples and report.samples[0]["quantized"].strip()
+    accuracy = report.accuracy
+    assert accuracy["base"] is not None and accuracy["base"] <= 0.3
+    assert accuracy["adapter"] is not None and accuracy["adapter"] >= accuracy["base"] + 0.5
+    assert accuracy["merged"] == pytest.approx(accuracy["adapter"], abs=0.1)
+
+
+def test_the_mlflow_run_ends_finished_once_the_run_is_registered(
+    outcome: Outcome, lora_run: RunDir, api: Lifecycle
+) -> None:
+    assert outcome.registered is not None
+    mlflow_run = lora_run.info().mlflow_run_id
+    assert mlflow_run is not None
+    record = api.tracker.get_run(mlflow_run)
+    assert record.status == "FINISHED"
+    assert record.metrics["chain.adapter.accuracy"] == pytest.approx(outcome.chain.accuracy["adapter"])
+    assert record.tags["lifecycle.registered"] == f"{outcome.registered.name} v{outcome.registered.version}"
 
 
 def test_gate_passes_the_real_improvement_and_reports_every_rule(gated: GateResult) -> None:
@@ -62,12 +89,13 @@ def test_gate_passes_the_real_improvement_and_reports_every_rule(gated: GateResu
 
 
 def test_registered_version_carries_lineage_and_the_candidate_alias(
-    lora_run: RunDir, ctx: Context, gated: GateResult, tmp_path: Path
+    lora_run: RunDir, api: Lifecycle, outcome: Outcome, tmp_path: Path
 ) -> None:
-    version = run_register(lora_run, ctx)
-    record = ctx.registry.by_alias(version.name, "candidate")
+    version = outcome.registered
+    assert version is not None
+    record = api.registry.by_alias(version.name, "candidate")
     assert record is not None and record.version == version.version
-    quantized = lora_run.load("quantize", quantize_stage.QuantizeResult)
+    quantized = lora_run.load("quantize", QuantizeResult)
     tags = record.tags
     assert tags["lifecycle.weights_manifest_digest"] == quantized.manifest_digest
     assert tags["lifecycle.quant.scheme"] == lora_run.load("target", ServeTarget).scheme == quantized.scheme
@@ -78,13 +106,13 @@ def test_registered_version_carries_lineage_and_the_candidate_alias(
     assert any(key.startswith("gate.support-tickets.exact_match") for key in tags)
     assert "PASSED" in record.description
     # what the registry serves is byte for byte what was gated
-    fetched = ctx.registry.download(version.name, "candidate", tmp_path / "fetched")
+    fetched = api.registry.download(version.name, "candidate", tmp_path / "fetched")
     assert manifest.verify(fetched).digest == quantized.manifest_digest
-    assert run_register(lora_run, ctx) == version  # registering again is a no-op
+    assert api.register(lora_run) == version  # registering again is a no-op
 
 
 def test_a_failed_gate_registers_nothing(
-    lora_run: RunDir, ctx: Context, gated: GateResult, tmp_path: Path
+    lora_run: RunDir, api: Lifecycle, gated: GateResult, tmp_path: Path
 ) -> None:
     import shutil
 
@@ -93,7 +121,7 @@ def test_a_failed_gate_registers_nothing(
     (copy.results_dir / "register.json").unlink(missing_ok=True)
     failed = gated.model_copy(update={"verdict": gated.verdict.model_copy(update={"passed": False})})
     copy.save("gate", failed)
-    before = len(ctx.registry.versions("support-tickets"))
+    before = len(api.registry.versions("support-tickets"))
     with pytest.raises(StageError, match="nothing is registered"):
-        run_register(copy, ctx)
-    assert len(ctx.registry.versions("support-tickets")) == before
+        run_stage(Register(api.registry, "abc123", lambda: "vllm 0"), OpenRun.open(copy, None))
+    assert len(api.registry.versions("support-tickets")) == before

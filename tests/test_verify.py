@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from lifecycle.errors import ManifestError
-from lifecycle.quantize import stage as quantize_stage
+from lifecycle.quantize.stage import Quantize
+from lifecycle.results import QuantizeResult
+from lifecycle.runner import OpenRun, run_stage
 from lifecycle.runs import RunDir, TrainResult
 
 pytestmark = pytest.mark.slow
@@ -40,7 +42,7 @@ def flipped_copy(run: RunDir, target: Path, *, keep_mtime: bool) -> Path:
 def test_a_flipped_byte_in_the_merged_weights_stops_quantize(lora_run: RunDir, tmp_path: Path) -> None:
     weights = flipped_copy(lora_run, tmp_path / "flipped", keep_mtime=False)
     with pytest.raises(ManifestError, match=f"changed: {weights.name}"):
-        quantize_stage.run(RunDir(tmp_path / "flipped"), tracker=None)
+        _quantize(RunDir(tmp_path / "flipped"))
     assert not (tmp_path / "flipped" / "results" / "quantize.json").exists()
 
 
@@ -54,3 +56,8 @@ def test_verify_reads_every_byte(lora_run: RunDir, tmp_path: Path) -> None:
     bad = subprocess.run([CLI, "verify", str(tmp_path / "flipped")], capture_output=True, text=True, env=env)
     assert bad.returncode == 1
     assert f"changed: {weights.name}" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
+
+
+def _quantize(run: RunDir) -> QuantizeResult:
+    """The quantize stage on `run`, recording nowhere (a copied run shares its MLflow run with the original)."""
+    return run_stage(Quantize(), OpenRun.open(run, None))

@@ -21,20 +21,21 @@ def train(
     """Run a recipe: fine-tune, quantize, chain-check, gate and register. Continuing a run resumes from its last
     committed checkpoint and skips finished stages."""
     from lifecycle.cli.context import load_context
-    from lifecycle.recipe.load import load_recipe
+    from lifecycle.cli.render import StageProgress
     from lifecycle.runs import RunDir
     from lifecycle.train import stage as train_stage
 
     overrides = list(override) + ([f"launch.kind={on}"] if on else [])
     ctx = load_context()
+    api = ctx.api
     ctx.check_store()  # the store answers, or exit 2 naming it: before minutes of checks and training
     if run_dir is not None:
         run = RunDir(run_dir)
         if not run.exists():
             raise UserInputError(f"{run_dir}: not a run directory (no run.json)")
-        loaded = load_recipe(run.recipe_path)
+        loaded = api.load(run.recipe_path)
     else:
-        loaded = load_recipe(recipe, overrides)
+        loaded = api.load(recipe, overrides)
         run = train_stage.find_resumable(ctx.settings.runs_dir, loaded) if resume else None  # type: ignore[assignment]
         if resume and run is None:
             others = train_stage.unfinished_runs(ctx.settings.runs_dir, loaded.recipe.name)
@@ -50,20 +51,18 @@ def train(
                     else ""
                 )
             )
+    if dry_run:
+        if run is None:
+            api.preflight(loaded)  # everything knowable, before anything is planned: exit 2 on a problem
+        ctx.dry_run(loaded)
+        return
     if run is None:
-        checked = ctx.preflight(loaded)  # everything knowable, before anything starts: exit 2 on a problem
-        if dry_run:
-            ctx.dry_run(loaded)
-            return
-        run = train_stage.prepare(loaded, ctx.settings.runs_dir, ctx.tracker, Path.cwd())
+        run = api.prepare(loaded)  # every check first (exit 2 on a problem), then the run directory
         console.print(f"run [bold]{run.info().run_id}[/] in {run.path}")
-        ctx.keep_target(run, checked.target)
     else:
-        if dry_run:
-            ctx.dry_run(loaded)
-            return
         console.print(f"continuing run [bold]{run.info().run_id}[/] in {run.path}")
-        if not run.has("target"):
-            ctx.keep_target(run, ctx.resolve_target(loaded))
-    if not ctx.run_pipeline(run):
+        api.ensure_target(run)
+    with StageProgress(console) as progress:
+        outcome = api.run(run, on_stage=progress)
+    if outcome.registered is None:
         raise typer.Exit(1)  # the gate failed: the run is complete and recorded, and nothing was registered

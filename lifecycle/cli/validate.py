@@ -25,7 +25,7 @@ def validate(
     for path in files:
         try:
             loaded = load_recipe(path, override)
-            checked = ctx.preflight(loaded)
+            checked = ctx.api.preflight(loaded)
         except RecipeError as exc:
             failed = True
             for problem in exc.problems:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Iterable
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,9 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lifecycle.errors import GateError
 from lifecycle.gate.stats import Interval, McNemar, is_binary, mcnemar_exact, paired_bootstrap, resolution
 from lifecycle.recipe.schema import GateSpec, GateTask, ImproveRule, NoRegressRule
-
-Status = Literal["pass", "fail", "not_shown"]
-RuleKind = Literal["improve", "no_regress", "quant_recovery"]
+from lifecycle.results import RuleResult, Status, Verdict
 
 # Float noise allowed in threshold comparisons (a mean of -0.05 may come out as -0.05000000000000002).
 _EPS = 1e-9
@@ -51,58 +48,6 @@ class TaskScores(_Frozen):
 
     task: str
     metrics: dict[str, MetricScores]
-
-
-class RuleResult(_Frozen):
-    """One line of the verdict: one rule on one task and metric."""
-
-    task: str
-    rule: RuleKind
-    metric: str
-    reference: Literal["baseline", "merged"] = Field(description="What the candidate is compared with.")
-    higher_is_better: bool
-    n: int = Field(description="Paired items.")
-    candidate: float = Field(description="Candidate mean score.")
-    baseline: float = Field(description="Reference mean score (the merged model's for quant_recovery).")
-    delta: float = Field(description="Mean improvement of the candidate over the reference (> 0: better).")
-    ci_low: float | None = None
-    ci_high: float | None = None
-    confidence: float | None = None
-    p_value: float | None = Field(
-        default=None, description="McNemar exact p-value (improve rules on 0/1 metrics)."
-    )
-    wins: int | None = Field(default=None, description="0/1 metrics: items only the candidate got right.")
-    losses: int | None = Field(default=None, description="0/1 metrics: items only the reference got right.")
-    recovery: float | None = Field(
-        default=None, description="quant_recovery: candidate score / merged score."
-    )
-    threshold: float = Field(description="improve: min_delta; no_regress: -max_drop; recovery: min ratio.")
-    resolution: float | None = Field(
-        default=None,
-        description="improve, no_regress: the smallest margin these n items can show, the half-width of the "
-        "rule's interval by the normal approximation z·sd/√n of the paired deltas (see stats.Resolution).",
-    )
-    items_needed: int | None = Field(
-        default=None,
-        description="improve, no_regress: items at which that half-width would equal the rule's margin "
-        "(min_delta or max_drop) at the observed spread of deltas; None for a zero margin or when no item "
-        "differs.",
-    )
-    status: Status
-    reason: str
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
-
-
-class Verdict(_Frozen):
-    """The gate's decision: passed only if every rule passed."""
-
-    passed: bool
-    rules: list[RuleResult]
-    seed: int
-    notes: list[str] = Field(default_factory=list, description="Checks that were skipped, and why.")
 
 
 def decide(spec: GateSpec, scores: list[TaskScores]) -> Verdict:

@@ -8,42 +8,29 @@ baseline it would replace, item by item; then a pure verdict and its report.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lifecycle.engines.base import CompletionEngine
 from lifecycle.errors import GateError
 from lifecycle.gate import lmeval
-from lifecycle.gate.decide import Verdict, check_rules_against_metrics, decide
+from lifecycle.gate.decide import check_rules_against_metrics, decide
 from lifecycle.gate.report import render_markdown, render_png
-from lifecycle.quantize.chain import Serve
-from lifecycle.quantize.stage import QuantizeResult
-from lifecycle.recipe.load import LoadedRecipe, load_recipe, locate
+from lifecycle.manifest import write_json_atomic
+from lifecycle.measure import Serve
+from lifecycle.recipe.load import LoadedRecipe, locate
 from lifecycle.registry.tracking import Tracker
-from lifecycle.runs import Frozen, RunDir
+from lifecycle.results import Baseline, GateResult, QuantizeResult, TrainResult
+from lifecycle.runner import OpenRun
+
+if TYPE_CHECKING:
+    from lifecycle.measure import GateNeeds
 
 STAGE = "gate"
-
-
-class Baseline(Frozen):
-    kind: str  # production | base
-    model_dir: str
-    version: str | None = None
-
-
-class GateResult(Frozen):
-    verdict: Verdict
-    baseline: Baseline
-    candidate_dir: str
-    merged_dir: str
-    scores: dict[str, dict[str, dict[str, float]]]  # side -> task -> metric -> aggregate
-    report_md: str
-    report_png: str
-    wall_s: float
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict.passed
 
 
 # Finds the production version's artifact for a registered name: (version, local dir) or None.
@@ -69,73 +56,93 @@ def preflight(loaded: LoadedRecipe, evals_dir: Path, workdir: Path) -> lmeval.Re
     return resolved
 
 
-def run(
-    run_dir: RunDir,
-    *,
-    serve: Serve,
-    evals_dir: Path,
-    find_production: FindProduction,
-    tracker: Tracker | None,
-) -> GateResult:
-    """Evaluate candidate, merged and baseline through vLLM + lm-eval and decide. A saved result is reused."""
-    from lifecycle.train.stage import require_trained
+@dataclass(frozen=True)
+class Gate:
+    """Evaluate candidate, merged and baseline with lm-eval through the serving engine, then decide (pure) and
+    report. Sides the chain check already measured on its servers (`lifecycle.measure`) are not served again."""
 
-    if run_dir.has(STAGE):
-        return run_dir.load(STAGE, GateResult)
-    loaded = load_recipe(run_dir.recipe_path)
-    recipe = loaded.recipe
-    out = run_dir.stage_dir(STAGE)
-    resolved = preflight(loaded, evals_dir, out / "work")
-    trained = require_trained(run_dir)
-    quantized = run_dir.load("quantize", QuantizeResult)
-    baseline = _baseline(
-        recipe.registry.model_name,
-        recipe.gate.baseline,
-        Path(trained.base_model_dir),
-        out / "baseline",
-        find_production,
-    )
-    limits = {t.task: t.limit for t in recipe.gate.tasks}
-    start = time.monotonic()
-    sides = {
-        "candidate": Path(quantized.model_dir),
-        "merged": Path(trained.model_dir),
-        "baseline": Path(baseline.model_dir),
-    }
-    runs: dict[str, list[lmeval.TaskRun]] = {}
-    for side, model_dir in sides.items():
-        if side == "merged" and quantized.scheme == "none":
-            runs[side] = runs["candidate"]  # the candidate is the merged model
-            continue
-        with serve(model_dir, {}) as engine:
-            runs[side] = lmeval.evaluate_server(
+    serve: Serve
+    evals_dir: Path
+    find_production: FindProduction
+    name: str = STAGE
+    result: type[GateResult] = GateResult
+
+    def needs(self, run: OpenRun) -> GateNeeds:
+        """The gate's questions for the servers: lm-eval on a side, its per-item scores kept in the run."""
+        from lifecycle.measure import GateNeeds
+
+        out = run.dir.stage_dir(STAGE)
+        resolved = preflight(run.loaded, self.evals_dir, out / "work")
+        trained = run.dir.load("train", TrainResult)
+        baseline = _baseline(
+            run.recipe.registry.model_name,
+            run.recipe.gate.baseline,
+            Path(trained.base_model_dir),
+            out / "baseline",
+            self.find_production,
+        )
+        limits = {t.task: t.limit for t in run.recipe.gate.tasks}
+
+        def evaluate(engine: CompletionEngine, model: str, tokenizer_dir: Path, side: str) -> object:
+            task_runs = lmeval.evaluate_server(
                 resolved,
                 completions_url=engine.completions_url,
-                model_name=engine.models()[0],
-                tokenizer_dir=model_dir,
+                model_name=model,
+                tokenizer_dir=tokenizer_dir,
                 limit=limits,
-                seed=recipe.gate.seed,
+                seed=run.recipe.gate.seed,
                 log_path=out / "lm-eval.log",
             )
-    verdict = decide(recipe.gate, lmeval.pair(runs["candidate"], runs["baseline"], runs["merged"]))
-    out.mkdir(parents=True, exist_ok=True)
-    md_path, png_path = out / "report.md", out / "report.png"
-    md_path.write_text(render_markdown(verdict))
-    render_png(verdict, png_path)
-    result = GateResult(
-        verdict=verdict,
-        baseline=baseline,
-        candidate_dir=quantized.model_dir,
-        merged_dir=trained.model_dir,
-        scores={side: {r.task: r.aggregate for r in task_runs} for side, task_runs in runs.items()},
-        report_md=str(md_path),
-        report_png=str(png_path),
-        wall_s=time.monotonic() - start,
-    )
-    run_dir.save(STAGE, result)
-    if tracker is not None:
-        _record(tracker, run_dir, result)
-    return result
+            write_json_atomic(out / "sides" / f"{side}.json", [t.model_dump(mode="json") for t in task_runs])
+            return task_runs
+
+        return GateNeeds(evaluate=evaluate, baseline=baseline)
+
+    def compute(self, run: OpenRun) -> GateResult:
+        from lifecycle import measure
+        from lifecycle.quantize.stage import Quantize
+        from lifecycle.train.stage import require_trained
+
+        trained = require_trained(run.dir)
+        quantized = Quantize().reuse(run, run.dir.load("quantize", QuantizeResult))
+        needs = self.needs(run)
+        start = time.monotonic()
+        servers = measure.plan(trained, quantized, chain=False, baseline=needs.baseline)
+        held_out = measure.EvalPrompts(prompts=[], targets=[])
+        measure.serve_and_ask(run, self.serve, servers, held_out, 1, needs)
+        out = run.dir.stage_dir(STAGE)
+        runs = {
+            side: _read_side(out / "sides" / f"{side}.json")
+            for side in ("candidate", "merged", "baseline")
+            if (out / "sides" / f"{side}.json").is_file()
+        }
+        if "merged" not in runs:
+            runs["merged"] = runs["candidate"]  # scheme 'none': the candidate is the merged model
+        verdict = decide(run.recipe.gate, lmeval.pair(runs["candidate"], runs["baseline"], runs["merged"]))
+        md_path, png_path = out / "report.md", out / "report.png"
+        md_path.write_text(render_markdown(verdict))
+        render_png(verdict, png_path)
+        return GateResult(
+            verdict=verdict,
+            baseline=needs.baseline,
+            candidate_dir=quantized.model_dir,
+            merged_dir=trained.model_dir,
+            scores={side: {r.task: r.aggregate for r in task_runs} for side, task_runs in runs.items()},
+            report_md=str(md_path),
+            report_png=str(png_path),
+            wall_s=time.monotonic() - start,
+        )
+
+    def reuse(self, run: OpenRun, done: GateResult) -> GateResult:
+        return done
+
+    def record(self, run: OpenRun, result: GateResult) -> None:
+        assert run.tracker is not None and run.mlflow_run_id is not None
+        _record(run.tracker, run.mlflow_run_id, result)
+
+
+def _read_side(path: Path) -> list[lmeval.TaskRun]:
+    return [lmeval.TaskRun.model_validate(row) for row in json.loads(path.read_text())]
 
 
 def _baseline(
@@ -154,10 +161,7 @@ def _baseline(
     return Baseline(kind="base", model_dir=str(base_dir))
 
 
-def _record(tracker: Tracker, run_dir: RunDir, result: GateResult) -> None:
-    mlflow_run = run_dir.info().mlflow_run_id
-    if mlflow_run is None:
-        return
+def _record(tracker: Tracker, mlflow_run: str, result: GateResult) -> None:
     rows = []
     for side, tasks in result.scores.items():
         for task, metrics in tasks.items():

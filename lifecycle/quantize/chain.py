@@ -9,37 +9,18 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
-from lifecycle.engines.base import Completion, CompletionEngine
+from lifecycle import measure
+from lifecycle.engines.base import Completion
 from lifecycle.errors import StageError
+from lifecycle.measure import GateNeeds, Serve
 from lifecycle.recipe.schema import ChainCheckSpec
-from lifecycle.runs import Frozen
+from lifecycle.results import ChainReport, PairStats, QuantizeResult
+from lifecycle.runner import OpenRun
 
 STAGE = "chain"
-ADAPTER_NAME = "adapter"
-
-
-class PairStats(Frozen):
-    """How two links of the chain compare on the same prompts."""
-
-    left: str
-    right: str
-    n: int
-    agreement: float  # fraction of prompts with identical greedy text
-    mean_abs_logprob_drift: float  # over the shared prefix of generated tokens
-    max_abs_logprob_drift: float
-    disagreeing: list[int]  # prompt indexes whose outputs differ
-
-
-class ChainReport(Frozen):
-    n_prompts: int
-    max_tokens: int
-    pairs: list[PairStats]
-    samples: list[dict[str, str]]  # prompt and each link's answer, for the first few prompts
-    passed: bool
-    problems: list[str]
 
 
 def compare(left: str, right: str, a: Sequence[Completion], b: Sequence[Completion]) -> PairStats:
@@ -89,59 +70,100 @@ def judge(pairs: list[PairStats], spec: ChainCheckSpec) -> list[str]:
     return problems
 
 
-Serve = Callable[[Path, dict[str, Path]], AbstractContextManager[CompletionEngine]]
-
-
-def run_chain(
+def chain_report(
     prompts: list[str],
+    targets: list[str | None],
+    links: dict[str, list[Completion]],
     spec: ChainCheckSpec,
-    *,
-    serve: Serve,
-    base_dir: Path,
-    adapter_dir: Path | None,
-    merged_dir: Path,
-    quantized_dir: Path | None,
 ) -> ChainReport:
-    """Serve each link in turn (one server at a time) and compare neighbours. `serve(model_dir, loras)` starts
-    an engine and stops it on exit."""
-    outputs: dict[str, list[Completion]] = {}
-    if adapter_dir is not None:
-        with serve(base_dir, {ADAPTER_NAME: adapter_dir}) as engine:
-            outputs["adapter"] = _greedy(engine, prompts, ADAPTER_NAME, spec.max_tokens)
-    with serve(merged_dir, {}) as engine:
-        outputs["merged"] = _greedy(engine, prompts, _base_name(engine), spec.max_tokens)
-    if quantized_dir is not None:
-        with serve(quantized_dir, {}) as engine:
-            outputs["quantized"] = _greedy(engine, prompts, _base_name(engine), spec.max_tokens)
-    links = list(outputs)
+    """Compare neighbouring links on the first `spec.prompts` prompts and judge them (pure); held-out accuracy
+    of every link, 'base' included, on all of them."""
+    n = min(spec.prompts, len(prompts))
+    chain = [link for link in ("adapter", "merged", "quantized") if link in links]
     pairs = [
-        compare(left, right, outputs[left], outputs[right])
-        for left, right in zip(links, links[1:], strict=False)
+        compare(left, right, links[left][:n], links[right][:n])
+        for left, right in zip(chain, chain[1:], strict=False)
     ]
     problems = judge(pairs, spec)
     samples = [
-        {"prompt": prompts[i], **{link: outputs[link][i].text for link in links}}
-        for i in range(min(5, len(prompts)))
+        {"prompt": prompts[i], **{link: links[link][i].text for link in chain}} for i in range(min(5, n))
     ]
     return ChainReport(
-        n_prompts=len(prompts),
+        n_prompts=n,
         max_tokens=spec.max_tokens,
         pairs=pairs,
         samples=samples,
         passed=not problems,
         problems=problems,
+        accuracy={link: accuracy(answers, targets) for link, answers in links.items()},
     )
 
 
-def _greedy(engine: CompletionEngine, prompts: list[str], model: str, max_tokens: int) -> list[Completion]:
-    return engine.complete(prompts, model=model, max_tokens=max_tokens, temperature=0.0, logprobs=0)
+@dataclass(frozen=True)
+class ChainCheck:
+    """base+adapter == merged == quantized on held-out prompts, through the engine that will serve them.
+    `gate` (the gate's questions) makes the same servers answer the gate too: each artifact is served once."""
+
+    serve: Serve
+    gate: Callable[[OpenRun], GateNeeds] | None = None
+    name: str = STAGE
+    result: type[ChainReport] = ChainReport
+
+    def compute(self, run: OpenRun) -> ChainReport:
+        from lifecycle.quantize.stage import Quantize
+        from lifecycle.train.stage import require_trained
+
+        trained = require_trained(run.dir)
+        quantized = Quantize().reuse(run, run.dir.load("quantize", QuantizeResult))
+        spec = run.recipe.quantize.chain_check
+        gate = self.gate(run) if self.gate is not None else None
+        held_out = measure.eval_prompts(run, Path(trained.model_dir))
+        n = min(spec.prompts, len(held_out.prompts))
+
+        def stop_on_merge_bug(links: dict[str, list[Completion]]) -> None:
+            if "adapter" in links and "merged" in links:
+                pair = compare("adapter", "merged", links["adapter"][:n], links["merged"][:n])
+                problems = judge([pair], spec)
+                if problems:
+                    raise StageError("chain check failed:\n  " + "\n  ".join(problems))
+
+        servers = measure.plan(trained, quantized, chain=True, baseline=gate.baseline if gate else None)
+        links = measure.serve_and_ask(
+            run, self.serve, servers, held_out, spec.max_tokens, gate, after_server=stop_on_merge_bug
+        )
+        report = chain_report(held_out.prompts, held_out.targets, links, spec)
+        out = run.dir.stage_dir(STAGE)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(render_markdown(report))
+        return report
+
+    def reuse(self, run: OpenRun, done: ChainReport) -> ChainReport:
+        return done
+
+    def record(self, run: OpenRun, result: ChainReport) -> None:
+        assert run.tracker is not None and run.mlflow_run_id is not None
+        run.tracker.log_text(run.mlflow_run_id, render_markdown(result), "chain/report.md")
+        rows = [(f"chain.{p.right}_vs_{p.left}.agreement", p.agreement, 0) for p in result.pairs]
+        rows += [
+            (f"chain.{p.right}_vs_{p.left}.mean_logprob_drift", p.mean_abs_logprob_drift, 0)
+            for p in result.pairs
+        ]
+        rows += [
+            (f"chain.{link}.accuracy", acc, 0) for link, acc in result.accuracy.items() if acc is not None
+        ]
+        run.tracker.log_metrics(run.mlflow_run_id, rows)
 
 
-def _base_name(engine: CompletionEngine) -> str:
-    names = engine.models()
-    if not names:
-        raise StageError("the engine serves no model")
-    return names[0]
+def require_passed(report: ChainReport) -> ChainReport:
+    if not report.passed:
+        raise StageError("chain check failed:\n  " + "\n  ".join(report.problems))
+    return report
+
+
+def accuracy(answers: list[Completion], targets: list[str | None]) -> float | None:
+    """Exact match of greedy answers with their targets (stripped), over rows that have one."""
+    scored = [(a.text.strip(), t.strip()) for a, t in zip(answers, targets, strict=False) if t is not None]
+    return sum(a == t for a, t in scored) / len(scored) if scored else None
 
 
 def render_markdown(report: ChainReport) -> str:
@@ -158,5 +180,11 @@ def render_markdown(report: ChainReport) -> str:
             f"| {p.right} | {p.left} | {p.agreement:.1%} | {p.mean_abs_logprob_drift:.4f} | "
             f"{p.max_abs_logprob_drift:.4f} |"
         )
+    if report.accuracy:
+        lines += [
+            "",
+            "Held-out exact match: "
+            + ", ".join(f"{link} {acc:.3f}" for link, acc in report.accuracy.items() if acc is not None),
+        ]
     lines += ["", *[f"- {problem}" for problem in report.problems]]
     return "\n".join(lines) + "\n"

@@ -11,36 +11,22 @@ import json
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from lifecycle import manifest
 from lifecycle.errors import StageError
-from lifecycle.quantize.chain import STAGE as CHAIN
-from lifecycle.quantize.chain import ChainReport, Serve, render_markdown, run_chain
 from lifecycle.quantize.target import STAGE as TARGET
 from lifecycle.quantize.target import ServeTarget
-from lifecycle.recipe.load import load_recipe
 from lifecycle.recipe.schema import ConcreteScheme, Recipe
 from lifecycle.registry.tracking import Tracker
-from lifecycle.runs import Frozen, RunDir
+from lifecycle.results import QuantizeResult
+from lifecycle.runner import OpenRun
+from lifecycle.runs import RunDir
 from lifecycle.train.data import Example, load_examples
 
 STAGE = "quantize"
-
-
-class QuantizeResult(Frozen):
-    model_dir: str  # the artifact that will be served (compressed-tensors), or the merged model for 'none'
-    manifest_digest: str
-    scheme: str
-    quantization_config: dict[str, object]
-    config_sha256: str
-    calibration_ids: list[str]
-    source_dir: str
-    source_manifest_digest: str
-    bytes_before: int
-    bytes_after: int
-    wall_s: float
 
 
 def calibration_sample(examples: list[Example], n: int, seed: int) -> list[Example]:
@@ -65,17 +51,27 @@ def config_hash(config: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def run(run_dir: RunDir, tracker: Tracker | None) -> QuantizeResult:
-    """Quantize the run's verified merged model; reuses a finished result whose artifact still verifies."""
-    from lifecycle.train.stage import require_trained
+@dataclass(frozen=True)
+class Quantize:
+    """Quantize the run's verified merged model into the artifact that will be served."""
 
-    if run_dir.has(STAGE):
-        done = run_dir.load(STAGE, QuantizeResult)
-        manifest.verify(Path(done.model_dir))
+    name: str = STAGE
+    result: type[QuantizeResult] = QuantizeResult
+
+    def compute(self, run: OpenRun) -> QuantizeResult:
+        from lifecycle.train.stage import require_trained
+
+        trained = require_trained(run.dir)
+        scheme = concrete_scheme(run.dir, run.recipe)
+        return _quantize(run.dir, run.recipe, scheme, Path(trained.model_dir))
+
+    def reuse(self, run: OpenRun, done: QuantizeResult) -> QuantizeResult:
+        manifest.verify(Path(done.model_dir))  # what will be gated and served is what was quantized
         return done
-    trained = require_trained(run_dir)
-    recipe = load_recipe(run_dir.recipe_path).recipe
-    return _quantize(run_dir, recipe, concrete_scheme(run_dir, recipe), Path(trained.model_dir), tracker)
+
+    def record(self, run: OpenRun, result: QuantizeResult) -> None:
+        assert run.tracker is not None and run.mlflow_run_id is not None
+        _record(run.tracker, run.mlflow_run_id, result)
 
 
 def concrete_scheme(run_dir: RunDir, recipe: Recipe) -> ConcreteScheme:
@@ -90,9 +86,7 @@ def concrete_scheme(run_dir: RunDir, recipe: Recipe) -> ConcreteScheme:
     return cast(ConcreteScheme, recipe.quantize.scheme)
 
 
-def _quantize(
-    run_dir: RunDir, recipe: Recipe, scheme: ConcreteScheme, source: Path, tracker: Tracker | None
-) -> QuantizeResult:
+def _quantize(run_dir: RunDir, recipe: Recipe, scheme: ConcreteScheme, source: Path) -> QuantizeResult:
     spec = recipe.quantize
     source_digest = manifest.verify(source).digest
     out = run_dir.stage_dir(STAGE) / "model"
@@ -127,7 +121,7 @@ def _quantize(
     wall = time.monotonic() - start
     config = json.loads((served / "config.json").read_text()).get("quantization_config", {})
     built = manifest.verify(served)
-    result = QuantizeResult(
+    return QuantizeResult(
         model_dir=str(served.resolve()),
         manifest_digest=built.digest,
         scheme=scheme,
@@ -140,16 +134,9 @@ def _quantize(
         bytes_after=built.total_bytes,
         wall_s=wall,
     )
-    run_dir.save(STAGE, result)
-    if tracker is not None:
-        _record(tracker, run_dir, result)
-    return result
 
 
-def _record(tracker: Tracker, run_dir: RunDir, result: QuantizeResult) -> None:
-    mlflow_run = run_dir.info().mlflow_run_id
-    if mlflow_run is None:
-        return
+def _record(tracker: Tracker, mlflow_run: str, result: QuantizeResult) -> None:
     tracker.set_tags(
         mlflow_run,
         {
@@ -168,56 +155,3 @@ def _record(tracker: Tracker, run_dir: RunDir, result: QuantizeResult) -> None:
         ],
     )
     tracker.log_text(mlflow_run, json.dumps(result.model_dump(mode="json"), indent=2), "quantize/result.json")
-
-
-def chain_prompts(recipe: Recipe, tokenizer_dir: Path, n: int) -> list[str]:
-    """The first `n` eval prompts (train prompts if there is no eval split), as the served model receives them."""
-    from transformers import AutoTokenizer
-
-    from lifecycle.train.accuracy import prompt_text
-
-    source = recipe.data.eval or recipe.data.train
-    examples = [e for e in load_examples(source, recipe.data.format)][:n]
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return [prompt_text(tokenizer, e) for e in examples]
-
-
-def run_chain_check(run_dir: RunDir, serve: Serve, tracker: Tracker | None) -> ChainReport:
-    """Compare base+adapter, merged and quantized through the serving engine; fail on a merge bug."""
-    from lifecycle.train.stage import require_trained
-
-    if run_dir.has(CHAIN):
-        report = run_dir.load(CHAIN, ChainReport)
-    else:
-        trained = require_trained(run_dir)
-        quantized = run_dir.load(STAGE, QuantizeResult)
-        recipe = load_recipe(run_dir.recipe_path).recipe
-        merged = Path(trained.model_dir)
-        prompts = chain_prompts(recipe, merged, recipe.quantize.chain_check.prompts)
-        report = run_chain(
-            prompts,
-            recipe.quantize.chain_check,
-            serve=serve,
-            base_dir=Path(trained.base_model_dir),
-            adapter_dir=Path(trained.adapter_dir) if trained.adapter_dir else None,
-            merged_dir=merged,
-            quantized_dir=Path(quantized.model_dir) if quantized.scheme != "none" else None,
-        )
-        run_dir.save(CHAIN, report)
-        out = run_dir.stage_dir(CHAIN)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(render_markdown(report))
-        mlflow_run = run_dir.info().mlflow_run_id
-        if tracker is not None and mlflow_run is not None:
-            tracker.log_text(mlflow_run, render_markdown(report), "chain/report.md")
-            tracker.log_metrics(
-                mlflow_run,
-                [(f"chain.{p.right}_vs_{p.left}.agreement", p.agreement, 0) for p in report.pairs]
-                + [
-                    (f"chain.{p.right}_vs_{p.left}.mean_logprob_drift", p.mean_abs_logprob_drift, 0)
-                    for p in report.pairs
-                ],
-            )
-    if not report.passed:
-        raise StageError("chain check failed:\n  " + "\n  ".join(report.problems))
-    return report

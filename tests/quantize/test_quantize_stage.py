@@ -12,10 +12,10 @@ import pytest
 from lifecycle import manifest
 from lifecycle.errors import MissingResultError, RecipeError, StageError
 from lifecycle.quantize import llmc
-from lifecycle.quantize import stage as quantize_stage
-from lifecycle.quantize.stage import QuantizeResult, calibration_sample
+from lifecycle.quantize.stage import Quantize, QuantizeResult, calibration_sample, config_hash
 from lifecycle.quantize.target import ServeTarget
 from lifecycle.recipe.load import load_recipe
+from lifecycle.runner import OpenRun, run_stage
 from lifecycle.runs import RunDir
 from lifecycle.train.data import load_examples
 
@@ -41,7 +41,7 @@ def copy_run(run: RunDir, target: Path, scheme: str) -> RunDir:
 def test_fp8_resolved_before_training_is_what_the_run_quantizes_with(lora_run: RunDir) -> None:
     target = lora_run.load("target", ServeTarget)  # the demo asks for 'FP8'; the probe decided the layout
     assert target.requested == "FP8" and target.scheme in ("FP8_DYNAMIC", "FP8_BLOCK")
-    result = quantize_stage.run(lora_run, tracker=None)
+    result = _quantize(lora_run)
     assert result.scheme == target.scheme
     config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]
     group = next(iter(config["config_groups"].values()))
@@ -51,13 +51,13 @@ def test_fp8_resolved_before_training_is_what_the_run_quantizes_with(lora_run: R
 def test_fp8_without_a_resolved_target_is_refused(lora_run: RunDir, tmp_path: Path) -> None:
     run = copy_run(lora_run, tmp_path / "unresolved", "FP8")
     with pytest.raises(StageError, match="never resolved"):
-        quantize_stage.run(run, tracker=None)
+        _quantize(run)
     assert not run.has("quantize")
 
 
 def test_fp8_block_artifact_carries_its_compressed_tensors_config(lora_run: RunDir, tmp_path: Path) -> None:
     run = copy_run(lora_run, tmp_path / "block", "FP8_BLOCK")
-    result = quantize_stage.run(run, tracker=None)
+    result = _quantize(run)
     config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "compressed-tensors"
     assert config["format"] == "float-quantized"
@@ -65,7 +65,7 @@ def test_fp8_block_artifact_carries_its_compressed_tensors_config(lora_run: RunD
     assert group["weights"]["type"] == "float" and group["weights"]["num_bits"] == 8
     assert group["weights"]["strategy"] == "block"
     assert "lm_head" in config["ignore"]
-    assert result.config_sha256 == quantize_stage.config_hash(config)
+    assert result.config_sha256 == config_hash(config)
     assert result.calibration_ids == []  # no calibration
     assert result.bytes_after < result.bytes_before
     manifest.verify(Path(result.model_dir))
@@ -76,7 +76,7 @@ def test_fp8_dynamic_is_per_channel_weights_and_per_token_activations(
     lora_run: RunDir, tmp_path: Path
 ) -> None:
     run = copy_run(lora_run, tmp_path / "dynamic", "FP8_DYNAMIC")
-    result = quantize_stage.run(run, tracker=None)
+    result = _quantize(run)
     config = json.loads(Path(result.model_dir, "config.json").read_text())["quantization_config"]
     group = next(iter(config["config_groups"].values()))
     assert group["weights"]["strategy"] == "channel" and group["weights"]["type"] == "float"
@@ -87,7 +87,7 @@ def test_fp8_dynamic_is_per_channel_weights_and_per_token_activations(
 def test_static_calibration_draws_from_the_recipes_training_data(lora_run: RunDir, tmp_path: Path) -> None:
     run = copy_run(lora_run, tmp_path / "static", "W8A8_STATIC")
     recipe = load_recipe(run.recipe_path).recipe
-    result = quantize_stage.run(run, tracker=None)
+    result = _quantize(run)
     train_ids = {e.id for e in load_examples(recipe.data.train, recipe.data.format)}
     assert len(result.calibration_ids) == recipe.quantize.calibration_samples
     assert set(result.calibration_ids) <= train_ids
@@ -121,4 +121,9 @@ def test_a_run_without_a_trained_model_is_refused(tmp_path: Path, lora_run: RunD
     run = copy_run(lora_run, tmp_path / "untrained", "FP8_DYNAMIC")
     (run.results_dir / "train.json").unlink()
     with pytest.raises(MissingResultError, match="no train result"):
-        quantize_stage.run(run, tracker=None)
+        _quantize(run)
+
+
+def _quantize(run: RunDir) -> QuantizeResult:
+    """The quantize stage on `run`, recording nowhere (a copied run shares its MLflow run with the original)."""
+    return run_stage(Quantize(), OpenRun.open(run, None))

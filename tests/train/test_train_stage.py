@@ -23,25 +23,33 @@ from lifecycle.launch.command import worker_argv
 from lifecycle.launch.local import child_env
 from lifecycle.recipe.load import load_recipe
 from lifecycle.registry.tracking import Tracker
-from lifecycle.runs import RunDir, TrainResult
+from lifecycle.results import Cost, TrainResult
+from lifecycle.runner import OpenRun, run_stage
+from lifecycle.runs import RunDir
 from lifecycle.train import stage as train_stage
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).parents[2]
 
 
-def test_lora_raises_held_out_accuracy_well_above_base(lora_run: RunDir) -> None:
+def _losses(run: RunDir) -> list[float]:
+    rows = [json.loads(line) for line in (run.train_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+def test_lora_learns_and_leaves_an_adapter(lora_run: RunDir) -> None:
+    """Held-out accuracy is measured through the serving engine by the chain check (tests/test_pipeline.py)."""
     result = lora_run.load("train", TrainResult)
-    assert result.base_eval_accuracy is not None and result.eval_accuracy is not None
-    assert result.base_eval_accuracy <= 0.3
-    assert result.eval_accuracy >= result.base_eval_accuracy + 0.5
+    losses = _losses(lora_run)
+    assert len(losses) >= 3 and losses[-1] < 0.5 * losses[0]
     assert result.adapter_dir is not None and Path(result.adapter_dir, "adapter_config.json").is_file()
 
 
-def test_full_fine_tune_raises_held_out_accuracy(full_run: RunDir) -> None:
+def test_full_fine_tune_learns_without_an_adapter(full_run: RunDir) -> None:
     result = full_run.load("train", TrainResult)
-    assert result.adapter_dir is None
-    assert result.eval_accuracy is not None and result.base_eval_accuracy is not None
-    assert result.eval_accuracy >= result.base_eval_accuracy + 0.5
+    assert result.adapter_dir is None and result.method == "full"
+    losses = _losses(full_run)
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_merged_model_keeps_the_base_dtype_and_verifies(lora_run: RunDir) -> None:
@@ -69,7 +77,9 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(lora_run: RunDir, li
     assert record.tags["version.trl"] and record.tags["version.peft"] and record.tags["version.transformers"]
     assert record.tags["lifecycle.git_commit"]
     assert record.tags["lifecycle.model_manifest_digest"] == result.manifest_digest
-    assert record.metrics["train.eval_accuracy"] == pytest.approx(result.eval_accuracy)
+    # the replay mix: its rows, their hash, and the copy the run trains on
+    assert record.params["data.mix.0.rows"] == str(result.data["mix.0"].rows)
+    assert record.params["data.mix.0.sha256"] == result.data["mix.0"].sha256
     assert record.metrics["train.wall_s"] > 0
     losses = tracker.metric_history(info.mlflow_run_id, "train.loss")
     lrs = tracker.metric_history(info.mlflow_run_id, "train.learning_rate")
@@ -84,12 +94,19 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(lora_run: RunDir, li
 def test_run_directory_is_self_contained_and_reloads(lora_run: RunDir) -> None:
     loaded = load_recipe(lora_run.recipe_path)
     assert loaded.recipe.data.train == (lora_run.path / "data" / "train.jsonl").resolve()
-    again = train_stage.run(lora_run, launcher=_no_launch, tracker=None)  # type: ignore[arg-type]
+    (source,) = load_recipe(REPO / "recipes" / "demo.yaml").recipe.data.mix
+    (mixed,) = loaded.recipe.data.mix
+    assert mixed.path.resolve().parent == (lora_run.path / "data" / "mix").resolve()
+    assert mixed.path.read_bytes() == source.path.read_bytes() and mixed.weight == source.weight
+    again = run_stage(train_stage.Train(_NoLaunch()), OpenRun.open(lora_run, None))
     assert again == lora_run.load("train", TrainResult)  # a finished stage is not rerun
 
 
-def _no_launch(run: RunDir) -> None:
-    raise AssertionError("a finished training stage must not launch again")
+class _NoLaunch:
+    kind = "none"
+
+    def __call__(self, run: RunDir) -> Cost:
+        raise AssertionError("a finished training stage must not launch again")
 
 
 def test_a_changed_weight_file_stops_later_stages(lora_run: RunDir, tmp_path: Path) -> None:
@@ -106,8 +123,9 @@ def test_a_changed_weight_file_stops_later_stages(lora_run: RunDir, tmp_path: Pa
 
 
 def test_killed_run_resumes_from_its_last_committed_checkpoint(
-    prepared_run,
-    lifecycle_home: Path,  # type: ignore[no-untyped-def]
+    prepared_run,  # type: ignore[no-untyped-def]
+    api,
+    lifecycle_home: Path,
 ) -> None:
     """Kill the training process after its second commit, plant a half-written newer checkpoint, relaunch."""
     run: RunDir = prepared_run("resume", ["training.max_steps=60", "training.checkpoint_every=10"])
@@ -142,9 +160,7 @@ def test_killed_run_resumes_from_its_last_committed_checkpoint(
         (half / checkpoints.COMMIT_MARKER).unlink()
     assert checkpoints.latest_committed(ckpts) == last
 
-    result = train_stage.run(
-        run, train_stage.LocalLauncher(cache_dir=lifecycle_home / "cache"), _tracker(lifecycle_home)
-    )
+    result = api.train(run)
     assert result.resumed_from_step == step
     assert result.steps == 60
     logged = [json.loads(line)["step"] for line in (run.train_dir / "metrics.jsonl").read_text().splitlines()]
