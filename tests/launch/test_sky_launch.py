@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sky_standin import (
     write_sky_recipe,
 )
 
-from lifecycle import manifest
+from lifecycle import interrupt, manifest
 from lifecycle.errors import LaunchError, ManifestError, NoCloudError, RecipeError, UserInputError
 from lifecycle.launch import sky_launch
 from lifecycle.launch.command import worker_command
@@ -324,14 +325,18 @@ def test_a_rerun_follows_the_job_already_running_for_the_run(tmp_path: Path) -> 
     assert (run / "sky-task" / "job.json").read_text().count('"job_id": 7') == 1
 
 
-def test_ctrl_c_detaches_from_a_managed_job(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stop", [KeyboardInterrupt(), interrupt.Interrupted(signal.SIGTERM)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_stop_detaches_from_a_managed_job(tmp_path: Path, stop: BaseException) -> None:
     loaded, run = prepared_run(tmp_path)
-    client, fake = stand_in_client(tmp_path / "b", Scenario(tail_error=KeyboardInterrupt()))
+    client, fake = stand_in_client(tmp_path / "b", Scenario(tail_error=stop))
     out = console()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(type(stop)):
         launch_sky(loaded, run, client, dry_run=False, console=out)
-    assert "keeps running on SkyPilot" in output_of(out)
+    assert "detached from managed job 1; it keeps running on SkyPilot" in output_of(out)
     assert not fake.called("jobs.cancel")
+    assert (run / "sky-task" / "job.json").is_file()  # what a rerun or `lifecycle jobs` follows
 
 
 def test_no_cloud_from_the_launch_is_the_clear_error(tmp_path: Path) -> None:
@@ -366,10 +371,11 @@ def test_plain_cluster_success_is_torn_down_before_bring_home(tmp_path: Path) ->
         (Scenario(exit_code=100), LaunchError),  # the job failed
         (Scenario(exit_code=103), LaunchError),  # the job was cancelled on the cluster
         (Scenario(tail_error=KeyboardInterrupt()), KeyboardInterrupt),  # Ctrl-C while following
+        (Scenario(tail_error=interrupt.Interrupted(signal.SIGTERM)), interrupt.Interrupted),  # a stop signal
         (Scenario(launch_error=RuntimeError("provisioning broke")), LaunchError),  # failed mid-provisioning
         (Scenario(launch_error=KeyboardInterrupt()), KeyboardInterrupt),  # Ctrl-C while provisioning
     ],
-    ids=["failed", "cancelled", "ctrl-c", "launch-error", "ctrl-c-provisioning"],
+    ids=["failed", "cancelled", "ctrl-c", "sigterm", "launch-error", "ctrl-c-provisioning"],
 )
 def test_a_plain_cluster_is_torn_down_however_the_job_ends(
     tmp_path: Path, scenario: Scenario, error: type[BaseException]
