@@ -19,6 +19,11 @@ from typing import Any, Protocol
 
 
 class Tokenizer(Protocol):
+    @property
+    def eos(self) -> int:
+        """The end-of-sequence token: a model's answer ends with it, as a real model's does."""
+        ...
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without special tokens."""
         ...
@@ -33,10 +38,15 @@ class WordTokenizer:
     gives the same text the same ids (the chain check compares ids across servers)."""
 
     _PIECE = re.compile(r"\s*\S+|\s+")
+    EOS = 0
 
     def __init__(self) -> None:
-        self._pieces: dict[int, str] = {}
+        self._pieces: dict[int, str] = {self.EOS: "<eos>"}
         self._lock = threading.Lock()
+
+    @property
+    def eos(self) -> int:
+        return self.EOS
 
     def encode(self, text: str) -> list[int]:
         ids = []
@@ -61,6 +71,12 @@ class HfTokenizer:
         from transformers import AutoTokenizer
 
         self._tokenizer: Any = AutoTokenizer.from_pretrained(str(model_dir))
+        if self._tokenizer.eos_token_id is None:
+            raise ValueError(f"the tokenizer in {model_dir} has no EOS token")
+
+    @property
+    def eos(self) -> int:
+        return int(self._tokenizer.eos_token_id)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=False).input_ids)
@@ -81,7 +97,8 @@ class Step:
 
 class FakeModel(Protocol):
     def generate(self, prompt: Sequence[int], max_tokens: int, tokenizer: Tokenizer) -> list[Step]:
-        """The greedy answer to `prompt`: at most `max_tokens` steps; fewer means the model ended (EOS)."""
+        """The greedy answer to `prompt`, at most `max_tokens` steps; one that ends says so with `tokenizer.eos`
+        (as a real model, whose EOS token is generated, counted and scored, though not in the text)."""
         ...
 
     def score(self, prompt: Sequence[int], tokenizer: Tokenizer) -> list[Step | None]:
@@ -96,7 +113,7 @@ class TableModel:
     Matching is on text, so it works for any tokenization and whatever comes before the key (BOS, few-shot
     examples). Each token of the expected answer gets `confident`; any other token there gets `unlikely`, and
     the expected one stays the top alternative. A context that matches no key gets `unsure` for every token and
-    an empty answer. `shift` is added to every log-prob (to script a small numeric drift).
+    an empty answer (EOS at once). `shift` is added to every log-prob (to script a small numeric drift).
     """
 
     answers: Mapping[str, str]
@@ -125,10 +142,9 @@ class TableModel:
 
     def generate(self, prompt: Sequence[int], max_tokens: int, tokenizer: Tokenizer) -> list[Step]:
         rest = self.expected(tokenizer.decode(prompt))
-        if not rest:
-            return []
-        logprob = self.confident + self.shift
-        return [Step(token, logprob, {token: logprob}) for token in tokenizer.encode(rest)[:max_tokens]]
+        logprob = (self.unsure if rest is None else self.confident) + self.shift
+        tokens = [*tokenizer.encode(rest or ""), tokenizer.eos]
+        return [Step(token, logprob, {token: logprob}) for token in tokens[:max_tokens]]
 
     def score(self, prompt: Sequence[int], tokenizer: Tokenizer) -> list[Step | None]:
         steps: list[Step | None] = [None] if prompt else []

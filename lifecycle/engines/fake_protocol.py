@@ -5,7 +5,8 @@ with `echo`, the prompt's tokens come first in `logprobs` (the first one with a 
 log-probs) and, unless `return_token_ids` is set, the prompt's text heads `text`; `top_logprobs` holds the chosen
 token and the best `logprobs` alternatives; `token_ids` are the generated ids only, `prompt_token_ids` the
 prompt's. A stop string ends the text before it (finish_reason "stop", `stop_reason` the string); running out of
-`max_tokens` is finish_reason "length".
+`max_tokens` is finish_reason "length"; the EOS token ends an answer ("stop") and counts as generated, but
+is not in the text.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def completion_choice(
     stops = [stops] if isinstance(stops, str) else list(stops)
     steps = model.generate(prompt, max_tokens, tokenizer)[:max_tokens]
     prompt_text = tokenizer.decode(prompt)
-    finish, stop_reason = ("length" if len(steps) >= max_tokens else "stop"), None
-    text = _text_after(tokenizer, prompt, [s.token for s in steps], prompt_text)
-    for n in range(1, len(steps) + 1):  # the first stop string to appear ends the answer
-        so_far = _text_after(tokenizer, prompt, [s.token for s in steps[:n]], prompt_text)
+    ended = bool(steps) and steps[-1].token == tokenizer.eos
+    finish = "stop" if ended or len(steps) < max_tokens else "length"
+    stop_reason: str | None = None
+    words = [s.token for s in steps if s.token != tokenizer.eos]  # EOS is a special token: not in the text
+    text = _text_after(tokenizer, prompt, words, prompt_text)
+    for n in range(1, len(words) + 1):  # the first stop string to appear ends the answer
+        so_far = _text_after(tokenizer, prompt, words[:n], prompt_text)
         hit = min(((so_far.find(s), s) for s in stops if s and s in so_far), default=None)
         if hit is not None:
             steps, text, finish, stop_reason = steps[:n], so_far[: hit[0]], "stop", hit[1]
