@@ -21,18 +21,22 @@ from pathlib import Path
 import pytest
 
 import lifecycle
+from lifecycle.engines import supervise
 from lifecycle.engines.base import CompletionEngine, LoraEngine
+from lifecycle.engines.supervise import group_members as process_group_members
+from lifecycle.engines.supervise import raise_on_sigterm as _raise_on_sigterm
 from lifecycle.engines.vllm import (
+    ServerState,
     VllmServer,
     VllmSpec,
-    _raise_on_sigterm,
+    attach,
     detect_device,
     diagnose_log,
-    process_group_members,
     serve,
     server_command,
     server_env,
     start_server,
+    stop_detached,
 )
 from lifecycle.errors import EngineError, UserInputError
 from lifecycle.settings import load_settings
@@ -252,6 +256,45 @@ def test_server_dies_with_the_process_that_started_it(
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
+def test_a_detached_server_outlives_its_starter_until_stopped(
+    vllm_base: Path, serving_python: Path, tmp_path: Path
+) -> None:
+    """The serving pool's case: a CLI call starts a server and exits; a later one reaches it and stops it."""
+    name = f"detached-{uuid.uuid4().hex[:8]}"
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from lifecycle.engines.vllm import VllmSpec, start_server\n"
+        "base, name, python, workdir = sys.argv[1:]\n"
+        "spec = VllmSpec(model_dir=Path(base), served_model_name=name, max_model_len=256)\n"
+        "server = start_server(spec, python=Path(python), workdir=Path(workdir), detached=True)\n"
+        "print(server.state_file, flush=True)\n"
+    )
+    args = [str(vllm_base), name, str(serving_python), str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    starter = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert starter.returncode == 0, starter.stderr[-3000:]
+    state_file = Path(starter.stdout.strip())
+    state = ServerState.read(state_file)
+    try:
+        assert (state.model, state.model_dir) == (name, str(vllm_base))
+        time.sleep(1)  # several of the watchdog's polls after its starter is gone
+        client = attach(state_file)
+        [answer] = client.complete(PROMPTS[0], model=name, max_tokens=3)
+        assert answer.token_ids and len(process_group_members(state.pid)) >= 4
+    finally:
+        stop_detached(state_file)
+
+    assert process_group_members(state.pid) == [] and processes_mentioning(name) == []
+    assert not state_file.exists()
+    with pytest.raises(EngineError, match="not a readable server state file"):
+        attach(state_file)
+
+
+@pytest.mark.vllm
 def test_invalid_argument_fails_fast_quoting_the_log(
     vllm_base: Path, serving_python: Path, tmp_path: Path
 ) -> None:
@@ -423,10 +466,10 @@ def test_diagnose_log_of_a_clean_log_finds_nothing() -> None:
 
 
 def test_load_lora_needs_runtime_updating(tmp_path: Path) -> None:
-    done = subprocess.Popen(["true"])
-    done.wait()
+    group = supervise.start(["true"], cwd=tmp_path, env=os.environ, grace_s=1)
+    group.wait()
     server = VllmServer(
-        spec=VllmSpec(model_dir=tmp_path), process=done, host="127.0.0.1", port=1, log_path=tmp_path / "log"
+        spec=VllmSpec(model_dir=tmp_path), group=group, host="127.0.0.1", port=1, log_path=tmp_path / "log"
     )
     try:
         with pytest.raises(EngineError, match="runtime LoRA updating"):
