@@ -90,9 +90,18 @@ def preflight(loaded: LoadedRecipe, backend: SkyBackend, offers: OfferCache, run
             f"{where(loaded, 'model', 'base')}: model.base: {recipe.model.base} is a folder on this machine, "
             "which a cloud node cannot see: use a hub id (e.g. meta-llama/Llama-3.1-8B-Instruct) or a builtin"
         )
-    for rel, path in data_mounts(loaded, run_dir).items():
+    named: dict[Path, tuple[str | int, ...]] = {
+        path.resolve(): ("data", split) for split, path in data_files(recipe.data).items()
+    }
+    named |= {s.path.resolve(): ("data", "mix", i, "path") for i, s in enumerate(recipe.data.mix)}
+    for remote, path in data_mounts(loaded, run_dir).items():
         if not path.is_file():
-            problems.append(f"{where(loaded, 'data')}: data: {path} ({rel} on the node) does not exist")
+            field_path = named.get(path, ("data",))
+            on_node = "" if remote == str(path) else f" ({remote} on the node)"
+            problems.append(
+                f"{where(loaded, *field_path)}: {'.'.join(map(str, field_path))}: {path}{on_node} "
+                "does not exist"
+            )
     if problems:
         raise RecipeError(problems)
     return known.source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import signal
 import time
@@ -187,7 +188,9 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         and "s3://" in text
     )
     assert "is a folder on this machine, which a cloud node cannot see" in text
-    assert "eval.jsonl" in text and "does not exist" in text
+    assert re.search(
+        r"recipe.yaml:\d+: data.eval: \S+/eval.jsonl \(data/eval.jsonl on the node\) does not exist", text
+    )
     assert all(p.startswith(f"{path}:") for p in err.value.problems)
 
 
@@ -469,5 +472,5 @@ def test_a_missing_mix_file_is_caught_before_launch(tmp_path: Path) -> None:
     )
     replay.unlink()  # vanished after validation
     client, _ = stand_in_client(tmp_path)
-    with pytest.raises(RecipeError, match=rf"data: {replay} \({replay} on the node\) does not exist"):
+    with pytest.raises(RecipeError, match=rf"recipe.yaml:\d+: data.mix.0.path: {replay} does not exist"):
         dry_run(loaded, console(), backend=client, run_dir=tmp_path / "r")
