@@ -270,6 +270,7 @@ def _prompt_ids(prompt: Any, tokenizer: Tokenizer) -> list[list[int]]:
 def _handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn: clients reuse connections
+        disable_nagle_algorithm = True  # else headers and body, written apart, wait ~40 ms for a delayed ACK
 
         def do_GET(self) -> None:
             self._serve("GET")
