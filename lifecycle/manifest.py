@@ -34,6 +34,7 @@ from lifecycle.errors import ManifestError
 MANIFEST_NAME = "MANIFEST.json"
 _CHUNK = 1 << 20
 _TMP_PREFIX = f".{MANIFEST_NAME}.tmp-"  # the writer's clock reading and half-written manifest; never content
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # weight files, as `HashStats.times` counts them
 _RACY_NS = 2_000_000_000  # manifests without a clock reading: files modified this close to it are re-hashed
 _SETTLE_S = 2.5  # longest wait for the folder's clock to pass its newest file (FAT's ticks are 2 s)
 
@@ -85,9 +86,14 @@ class HashStats:
             self.files - earlier.files, self.bytes - earlier.bytes, {d: n for d, n in counts.items() if n}
         )
 
-    def times(self, manifest: Manifest) -> float:
-        """How many times the folder named by `manifest` was read in full, weighted by bytes (1.0: once)."""
-        sizes = {entry.sha256: entry.size for entry in manifest.files.values()}
+    def times(self, manifest: Manifest, suffixes: tuple[str, ...] = ()) -> float:
+        """How many times the files of `manifest` (those ending in one of `suffixes`, if given: WEIGHTS) were
+        read in full, weighted by bytes (1.0: once). Counted by content: a copy read elsewhere counts too."""
+        sizes = {
+            entry.sha256: entry.size
+            for name, entry in manifest.files.items()
+            if not suffixes or name.endswith(suffixes)
+        }
         total = sum(sizes.values())
         if not total:
             return 0.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+from lifecycle import manifest
 from lifecycle.errors import StageError
 from lifecycle.recipe.schema import BUILTIN_PREFIX, ModelSpec
 
@@ -30,3 +32,10 @@ def resolve_base(spec: ModelSpec, cache_dir: Path) -> Path:
             f"base model {spec.base!r} is not a local folder and could not be fetched from the hub ({exc}). "
             "Download it first and point model.base at the folder."
         ) from None
+
+
+def base_manifest(base_dir: Path, cache_dir: Path) -> manifest.Manifest:
+    """The base model's manifest, remembered in the cache under the folder's path: the first run hashes every
+    file, later runs only files whose size or modification time changed (a base is hashed once, not per run)."""
+    key = hashlib.sha256(str(base_dir.resolve()).encode()).hexdigest()[:16]
+    return manifest.remembered(base_dir, cache_dir / "base-manifests" / f"{key}.json")

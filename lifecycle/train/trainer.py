@@ -18,7 +18,9 @@ from transformers import (
     TrainerCallback,
 )  # this module runs only inside the worker: heavy imports are fine
 
+from lifecycle import manifest
 from lifecycle.launch import checkpoints
+from lifecycle.manifest import Manifest
 from lifecycle.recipe.schema import FullMethod, LoraMethod, Recipe, TrainingSpec
 from lifecycle.train.data import Example
 
@@ -51,6 +53,9 @@ class FitResult:
     resumed_from_step: int | None
     final_loss: float | None
     wall_s: float
+    # as written and hashed by this process (None on the other processes of a multi-GPU job, which write nothing)
+    model_manifest: Manifest | None = None
+    adapter_manifest: Manifest | None = None
 
 
 def precision_flags(spec: TrainingSpec, hw: Hardware) -> dict[str, bool]:
@@ -134,14 +139,17 @@ def fit(
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.monotonic() - start
+    written: tuple[Manifest | None, Manifest | None] = (None, None)
     if trainer.is_world_process_zero():
-        _save_final(trainer, recipe, base_dir, tokenizer, output)
+        written = _save_final(trainer, recipe, base_dir, tokenizer, output)
     loss = _last_loss(trainer.state.log_history)
     return FitResult(
         steps=trainer.state.global_step,
         resumed_from_step=checkpoints.step_of(resume) if resume else None,
         final_loss=loss if loss is not None else float(result.training_loss),
         wall_s=wall,
+        model_manifest=written[0],
+        adapter_manifest=written[1],
     )
 
 
@@ -199,23 +207,25 @@ def _peft_config(recipe: Recipe) -> Any:
     )
 
 
-def _save_final(trainer: Any, recipe: Recipe, base_dir: Path, tokenizer: Any, output: Path) -> None:
-    """Write the adapter (LoRA) and the merged model in the base's dtype, each sealed by a manifest."""
+def _save_final(
+    trainer: Any, recipe: Recipe, base_dir: Path, tokenizer: Any, output: Path
+) -> tuple[Manifest, Manifest | None]:
+    """Write the adapter (LoRA) and the merged model in the base's dtype, each sealed by a manifest (the one
+    full hash of each: later checks compare sizes and times); returns the model's and the adapter's manifest."""
     import shutil
 
     import torch
     from transformers import AutoConfig
 
-    from lifecycle import manifest
-
     base_dtype = _dtype_of(AutoConfig.from_pretrained(base_dir), recipe.model.dtype)
     model = trainer.model
+    adapter: Manifest | None = None
     if not isinstance(recipe.method, FullMethod):
         adapter_dir = output / "adapter"
         shutil.rmtree(adapter_dir, ignore_errors=True)
         model.save_pretrained(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
-        manifest.write(adapter_dir)
+        adapter = manifest.write(adapter_dir)
         # merge in fp32 (the training dtype), then cast once: merging in bf16 rounds the update away
         model = model.merge_and_unload()
     model = model.to(getattr(torch, base_dtype))
@@ -227,9 +237,10 @@ def _save_final(trainer: Any, recipe: Recipe, base_dir: Path, tokenizer: Any, ou
     gen = base_dir / "generation_config.json"
     if gen.is_file():
         shutil.copy2(gen, tmp / "generation_config.json")
-    manifest.write(tmp)
+    written = manifest.write(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.rename(model_dir)
+    tmp.rename(model_dir)  # the files keep their times: the manifest still vouches for them
+    return written, adapter
 
 
 def _dtype_of(config: Any, requested: str) -> str:
