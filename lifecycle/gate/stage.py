@@ -93,6 +93,7 @@ class Gate:
                 seed=run.recipe.gate.seed,
                 log_path=out / "lm-eval.log",
             )
+            (out / "sides").mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / "sides" / f"{side}.json", [t.model_dump(mode="json") for t in task_runs])
             return task_runs
 

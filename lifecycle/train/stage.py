@@ -108,7 +108,7 @@ def prepare(loaded: LoadedRecipe, runs_dir: Path, tracker: Tracker, project_dir:
         tmp.path.rename(run.path)  # the run exists only once complete
     except BaseException as exc:
         shutil.rmtree(tmp.path, ignore_errors=True)
-        # as in pipeline.recorded: a stop (Ctrl-C, a signal: not an Exception) is KILLED, an error FAILED
+        # as in runner.session: a stop (Ctrl-C, a signal: not an Exception) is KILLED, an error FAILED
         if mlflow_run is not None:
             end_mlflow_run(tracker, mlflow_run, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
