@@ -11,8 +11,6 @@ from lifecycle.cli.output import console
 
 app = typer.Typer(help="Managed training jobs on SkyPilot: list, follow logs, cancel.", no_args_is_help=True)
 
-PREFIX = "lifecycle-"  # sky_task.job_name: every job this platform launches is named lifecycle-<run id>
-
 
 @app.command("list")
 def list_jobs(
@@ -24,9 +22,10 @@ def list_jobs(
     from rich.table import Table
 
     from lifecycle.launch.sky_client import SkyClient
+    from lifecycle.launch.sky_task import JOB_PREFIX
 
     jobs = SkyClient().managed_jobs(skip_finished=active)
-    jobs = [j for j in jobs if all_jobs or (j.name or "").startswith(PREFIX)]
+    jobs = [j for j in jobs if all_jobs or (j.name or "").startswith(JOB_PREFIX)]
     jobs.sort(key=lambda j: j.job_id, reverse=True)
     if as_json:
         console.print_json(json.dumps([j.__dict__ for j in jobs]))
