@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lifecycle.engines.vllm import VllmSpec, serve
+from lifecycle.engines.vllm import VllmSpec
+from lifecycle.engines.vllm_server import serve
 from lifecycle.gate.lmeval import TaskRun, evaluate_hf, evaluate_server, resolve_tasks
 from lifecycle.settings import load_settings
 

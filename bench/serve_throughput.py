@@ -54,7 +54,8 @@ def prompts_for(model_dir: Path, n: int) -> list[str]:
 def measure(
     model_dir: Path, prompts: list[str], concurrency: int, max_tokens: int, python: Path, work: Path
 ) -> dict:
-    from lifecycle.engines.vllm import VllmSpec, serve
+    from lifecycle.engines.vllm import VllmSpec
+    from lifecycle.engines.vllm_server import serve
 
     started = time.perf_counter()
     with serve(VllmSpec(model_dir=model_dir.resolve()), python=python, workdir=work) as server:

@@ -110,7 +110,8 @@ class Lifecycle:
         """How stages start a model server: vLLM from the serving environment, logs under `workdir`."""
         if self._serve is not None:
             return self._serve
-        from lifecycle.engines.vllm import VllmSpec, serve
+        from lifecycle.engines.vllm import VllmSpec
+        from lifecycle.engines.vllm_server import serve
 
         python = self.settings.serve_python
 

@@ -243,7 +243,8 @@ def probe_scheme(scheme: str, base: Path, *, serve_python: Path, workdir: Path) 
 def measure(scheme: str, model_dir: Path, *, serve_python: Path, workdir: Path) -> SchemeSupport:
     """Serve `model_dir` with the real engine and time sequential generation; a failure is a result, with the
     engine's own root error (e.g. "Failed to find a kernel that can implement the ScaledMM linear layer")."""
-    from lifecycle.engines.vllm import VllmSpec, serve
+    from lifecycle.engines.vllm import VllmSpec
+    from lifecycle.engines.vllm_server import serve
     from lifecycle.errors import EngineError
 
     now = _now()
@@ -281,7 +282,7 @@ def _quantized(scheme: str, base: Path, workdir: Path) -> Path:
 
 def _tokens_per_s(server: object) -> float:
     """Sequential generation speed: one warm-up request, then up to _REQUESTS within the time budget."""
-    from lifecycle.engines.vllm import VllmServer
+    from lifecycle.engines.vllm_server import VllmServer
 
     assert isinstance(server, VllmServer)
     prompt = "The customer wrote that the invoice"

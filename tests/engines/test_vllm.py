@@ -25,19 +25,8 @@ from lifecycle.engines import supervise
 from lifecycle.engines.base import CompletionEngine, LoraEngine
 from lifecycle.engines.supervise import group_members as process_group_members
 from lifecycle.engines.supervise import raise_on_sigterm as _raise_on_sigterm
-from lifecycle.engines.vllm import (
-    ServerState,
-    VllmServer,
-    VllmSpec,
-    attach,
-    detect_device,
-    diagnose_log,
-    serve,
-    server_command,
-    server_env,
-    start_server,
-    stop_detached,
-)
+from lifecycle.engines.vllm import VllmSpec, detect_device, diagnose_log, server_command, server_env
+from lifecycle.engines.vllm_server import ServerState, VllmServer, attach, serve, start_server, stop_detached
 from lifecycle.errors import EngineError, UserInputError
 from lifecycle.settings import load_settings
 
@@ -230,7 +219,7 @@ def test_server_dies_with_the_process_that_started_it(
     script = (
         "import json, sys, time\n"
         "from pathlib import Path\n"
-        "from lifecycle.engines.vllm import VllmSpec, start_server\n"
+        "from lifecycle.engines.vllm import VllmSpec\nfrom lifecycle.engines.vllm_server import start_server\n"
         "base, name, python, workdir = sys.argv[1:]\n"
         "spec = VllmSpec(model_dir=Path(base), served_model_name=name, max_model_len=256)\n"
         "server = start_server(spec, python=Path(python), workdir=Path(workdir), check_generation=False)\n"
@@ -265,7 +254,7 @@ def test_a_detached_server_outlives_its_starter_until_stopped(
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from lifecycle.engines.vllm import VllmSpec, start_server\n"
+        "from lifecycle.engines.vllm import VllmSpec\nfrom lifecycle.engines.vllm_server import start_server\n"
         "base, name, python, workdir = sys.argv[1:]\n"
         "spec = VllmSpec(model_dir=Path(base), served_model_name=name, max_model_len=256)\n"
         "server = start_server(spec, python=Path(python), workdir=Path(workdir), detached=True)\n"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import lifecycle
-from lifecycle.engines.vllm import VllmServer, VllmSpec, serve
+from lifecycle.engines.vllm import VllmSpec
+from lifecycle.engines.vllm_server import VllmServer, serve
 from lifecycle.errors import GateError
 from lifecycle.gate.decide import check_rules_against_metrics, decide
 from lifecycle.gate.lmeval import (
