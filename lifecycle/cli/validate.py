@@ -1,4 +1,5 @@
-"""`lifecycle validate FILE...`: check recipes without running anything."""
+"""`lifecycle validate FILE...`: check recipes, and pool files (a top-level `deployments`), without running
+anything."""
 
 from __future__ import annotations
 
@@ -12,17 +13,23 @@ from lifecycle.recipe.load import load_recipe
 
 
 def validate(
-    files: list[Path] = typer.Argument(..., help="Recipe YAML files."),
+    files: list[Path] = typer.Argument(..., help="Recipe YAML files, or pool files (serving/pool.yaml)."),
     override: list[str] = typer.Option([], "--set", "-s", help="key.path=value, applied before validation."),
 ) -> None:
     """Validate recipes as `lifecycle train` would before starting: schema, every data row, gate tasks and their
-    metrics, the base model, and the quantization scheme on the serving target. Every problem is reported as
-    FILE:LINE: field: message; exit code 2 if any."""
+    metrics, the base model, and the quantization scheme on the serving target. A pool file gets its schema and
+    the rules across deployments (no MLflow needed). Every problem is reported as FILE:LINE: field: message;
+    exit code 2 if any."""
     from lifecycle.cli.context import load_context
+    from lifecycle.cli.pool import validate_pool
+    from lifecycle.pool.load import is_pool_file
 
     ctx = load_context()
     failed = False
     for path in files:
+        if is_pool_file(path):
+            failed = not validate_pool(path) or failed
+            continue
         try:
             loaded = load_recipe(path, override)
             checked = ctx.api.preflight(loaded)
