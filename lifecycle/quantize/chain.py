@@ -127,7 +127,13 @@ class ChainCheck:
                 if problems:
                     raise StageError("chain check failed:\n  " + "\n  ".join(problems))
 
-        servers = measure.plan(trained, quantized, chain=True, baseline=gate.baseline if gate else None)
+        servers = measure.plan(
+            trained,
+            quantized,
+            chain=True,
+            baseline=gate.baseline if gate else None,
+            scores_prompts=gate.scores_prompts if gate else False,
+        )
         links = measure.serve_and_ask(
             run, self.serve, servers, held_out, spec.max_tokens, gate, after_server=stop_on_merge_bug
         )

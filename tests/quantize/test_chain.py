@@ -94,6 +94,28 @@ def test_each_artifact_is_served_once_for_the_chain_check_and_the_gate(tmp_path:
     ]
 
 
+def test_a_gate_that_scores_prompts_gets_the_base_model_on_a_server_without_lora(tmp_path: Path) -> None:
+    """vLLM cannot give prompt log-probs (multiple-choice tasks) from a LoRA-enabled server: measure.LORA_SCORES_PROMPTS."""
+    trained, quantized = _results(tmp_path)
+    base = Baseline(kind="base", model_dir=str(tmp_path / "base"))
+    servers = measure.plan(trained, quantized, chain=True, baseline=base, scores_prompts=True)
+    assert _asked(servers) == [
+        ("base", ["adapter"], {"base": "", "adapter": "adapter"}, []),
+        ("merged", [], {"merged": ""}, ["merged"]),
+        ("quantized", [], {"quantized": ""}, ["candidate"]),
+        ("base", [], {}, ["baseline"]),
+    ]
+    full, _ = _results(tmp_path, adapter=False)  # no adapter, no LoRA: the base serves both
+    assert [
+        s.model_dir.name
+        for s in measure.plan(full, quantized, chain=True, baseline=base, scores_prompts=True)
+    ] == [
+        "base",
+        "merged",
+        "quantized",
+    ]
+
+
 def test_a_production_baseline_is_the_one_extra_server(tmp_path: Path) -> None:
     trained, quantized = _results(tmp_path)
     production = Baseline(kind="production", model_dir=str(tmp_path / "v3"), version="3")
