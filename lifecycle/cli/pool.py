@@ -22,7 +22,7 @@ def validate_pool(path: Path) -> bool:
         return False
     count = len(loaded.pool.deployments)
     adapters = sum(len(d.adapters) for d in loaded.pool.deployments)
-    console.print(f"[green]ok[/] {path}  (pool: {count} deployments, {adapters} adapters)")
+    console.print(f"[green]ok[/] {path}  (pool: {count} deployments, {adapters} adapters)", soft_wrap=True)
     return True
 
 
@@ -48,5 +48,7 @@ def verify_pool(path: Path) -> None:
         console_err.print(problem, markup=False, soft_wrap=True)
     if problems:
         raise typer.Exit(2)
-    pins = sum(1 + len(d.adapters) for d in loaded.pool.deployments)
-    console.print(f"[green]ok[/] {path}: {pins} pins match {versions.where}")
+    pinned = sum(len(d.adapters) + (d.model.kind == "registered") for d in loaded.pool.deployments)
+    console.print(
+        f"[green]ok[/] {path}: every pinned version ({pinned}) matches {versions.where}", soft_wrap=True
+    )

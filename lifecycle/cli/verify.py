@@ -1,5 +1,6 @@
 """`lifecycle verify RUN`: re-hash every file of a run's weights against their manifests (stages trust size and
-modification time; this reads every byte)."""
+modification time; this reads every byte). `lifecycle verify serving/pool.yaml`: check the pool's pins against the
+registry (lifecycle.cli.pool)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from lifecycle.cli.output import console
 
 
 def verify(
-    run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'."),
+    run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'; or a pool file (.yaml)."),
 ) -> None:
-    """Re-hash the run's model folders (merged, adapter, quantized) and committed checkpoints. Exit 1 on any
-    changed, missing or unexpected file."""
+    """Re-hash the run's model folders (merged, adapter, quantized) and committed checkpoints; exit 1 on any
+    changed, missing or unexpected file. Given a pool file (serving/pool.yaml): check that every pinned version
+    exists, passed its gate and matches its pins, and the residency rules; exit 2 on any problem."""
+    from pathlib import Path
+
+    if run.endswith((".yaml", ".yml")) and Path(run).is_file():
+        from lifecycle.cli.pool import verify_pool
+
+        verify_pool(Path(run))
+        return
     import time
 
     from lifecycle import manifest
