@@ -79,6 +79,13 @@ class Git:
     def delete_branch(self, branch: str) -> None:
         self.run("branch", "-D", branch)
 
+    def ahead_of(self, remote: str, branch: str) -> int | None:
+        """Commits on HEAD that `remote/branch` (as last fetched) lacks; None if that ref is unknown here."""
+        try:
+            return int(self.run("rev-list", "--count", f"refs/remotes/{remote}/{branch}..HEAD"))
+        except PromotionFailed:
+            return None
+
     def remote_url(self, remote: str) -> str:
         try:
             return self.run("remote", "get-url", remote)

@@ -105,6 +105,11 @@ def promote(
                 f"request, or delete it (git branch -D {branch}) and promote again"
             )
         base = git.current_branch()
+        ahead = git.ahead_of(remote, base)
+        if ahead:
+            say(
+                f"note: {base} has {ahead} commit(s) that {remote}/{base} lacks; the pull request carries them too"
+            )
         diff_text = body.unified_diff(current.text, desired.text, rel)
         message = body.commit_message(record, targets, actions)
         commit = git.commit_file(git.head(), rel, desired.text, message)

@@ -92,8 +92,17 @@ def test_the_next_version_replaces_the_pin_blue_green(
     store: Store, checkout: Checkout, github: GitHubStandIn
 ) -> None:
     first = run(store, checkout, "support", "1", standin(github))
-    git(checkout.work, "merge", "-q", "--ff-only", first.branch)  # the pull request was merged
-    done = run(store, checkout, "support", "2", standin(github))
+    git(checkout.work, "merge", "-q", "--ff-only", first.branch)  # the pull request was merged, not pulled
+    said: list[str] = []
+    done = promote(
+        "support",
+        "2",
+        checkout.pool,
+        versions=RegisteredVersions(store.registry),
+        github=standin(github),
+        say=said.append,
+    )
+    assert "note: main has 1 commit(s) that origin/main lacks; the pull request carries them too" in said
     (action,) = done.actions
     assert isinstance(action, pool_diff.Replace) and action.changed == ("model",)
     body = json.loads(github.requests[-1]["raw"])["body"]
