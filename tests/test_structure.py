@@ -22,7 +22,20 @@ HEAVY = (
     "peft",
     "sky",
 )
-COMMANDS = ["", "train", "quantize", "gate", "register", "runs", "doctor", "verify", "validate", "ui", "jobs"]
+COMMANDS = [
+    "",
+    "train",
+    "quantize",
+    "gate",
+    "register",
+    "runs",
+    "doctor",
+    "verify",
+    "validate",
+    "ui",
+    "jobs",
+    "promote",
+]
 
 
 def _loaded_after(code: str) -> list[str]:
