@@ -1,7 +1,7 @@
 """Golden training losses: the tiny base fine-tuned 40 steps by the project's own trainer, seeded, on CPU.
 
-The losses at a few steps are pinned. A changed learning rate, loss mask, data order, LoRA scaling or
-optimizer moves them by far more than the tolerance; a different x86 CPU does not. Why that tolerance: see
+The losses at a few steps are pinned. A changed learning rate, loss mask, data order or LoRA scaling moves
+them by far more than the tolerance; a different x86 CPU does not. Why that tolerance: see
 RTOL below. If the tiny base itself changes (tiny_base.py, demo_data.py), the test says so first: record new
 values with `LIFECYCLE_GOLDEN_PRINT=1 pytest tests/train/test_golden_loss.py -s`.
 """
