@@ -32,9 +32,6 @@ R = TypeVar("R", bound=BaseModel)
 __all__ = ["STAGES", "Cost", "DataStats", "Frozen", "RunDir", "RunInfo", "Stopped", "TrainResult"]
 
 
-
-
-
 def new_run_id(recipe_name: str, now: dt.datetime | None = None, token: str | None = None) -> str:
     """`<recipe>-<YYYYmmdd-HHMMSS>-<6 hex>`: a recipe's runs sort by start time, and the random tail keeps apart
     runs started in the same second (a sweep, a CI matrix, other machines sharing the store). Unique on one disk

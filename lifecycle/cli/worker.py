@@ -21,6 +21,13 @@ def train(
     cache_dir: Path = typer.Option(
         Path.home() / ".cache" / "lifecycle", envvar="LIFECYCLE_CACHE_DIR", help="Built base models."
     ),
+    accuracy: bool = typer.Option(
+        False,
+        "--accuracy",
+        envvar="LIFECYCLE_TRAIN_ACCURACY",
+        help="Also measure held-out accuracy with HF generate, before and after (the chain check measures it on "
+        "the served models anyway).",
+    ),
 ) -> None:
     """Train one recipe into OUTPUT; resumes from the newest committed checkpoint there."""
     from lifecycle.launch.distributed import distributed_launch_argv
@@ -41,10 +48,16 @@ def train(
     progress = TrainProgress()
     try:
         result = run_worker(
-            recipe, output, cache_dir, progress, world_size=int(os.environ.get("WORLD_SIZE", "1"))
+            recipe,
+            output,
+            cache_dir,
+            progress,
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            accuracy=accuracy,
         )
     finally:
         progress.close()
-    console.print(
-        f"trained {result.steps} steps; held-out accuracy {result.base_eval_accuracy} -> {result.eval_accuracy}"
-    )
+    line = f"trained {result.steps} steps"
+    if result.eval_accuracy is not None:
+        line += f"; held-out accuracy {result.base_eval_accuracy} -> {result.eval_accuracy}"
+    console.print(line)

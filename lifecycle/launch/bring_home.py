@@ -92,7 +92,8 @@ def bring_home(
                     )
                 continue
             try:
-                digests[name] = manifest.verify(incoming / name).digest
+                # every byte: a copy keeps modification times, so sizes and times alone would trust it
+                digests[name] = manifest.verify(incoming / name, full=True).digest
             except ManifestError as exc:
                 detail = str(exc).replace(str(incoming / name), f"{store.uri.rstrip('/')}/{name}")
                 raise ManifestError(
