@@ -3,6 +3,9 @@ lm-eval gate through vLLM -> MLflow registration with lineage."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from lifecycle.runner import OpenRun, run_stage
 from lifecycle.runs import RunDir
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +131,32 @@ def test_a_failed_gate_registers_nothing(
     with pytest.raises(StageError, match="nothing is registered"):
         run_stage(Register(api.registry, "abc123", lambda: "vllm 0"), OpenRun.open(copy, None))
     assert len(api.registry.versions("support-tickets")) == before
+
+
+def _cli(api: Lifecycle, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(api.settings.home),
+        "LIFECYCLE_SERVE_PYTHON": str(api.settings.serve_python),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "lifecycle.cli.app", *args], capture_output=True, text=True, env=env, cwd=REPO
+    )
+
+
+def test_stage_commands_show_a_finished_run_and_refuse_to_redo_a_registered_one(
+    outcome: Outcome, lora_run: RunDir, api: Lifecycle
+) -> None:
+    run_id = lora_run.info().run_id
+    shown = _cli(api, "gate", run_id)
+    assert (
+        shown.returncode == 2 and "already registered" in shown.stderr
+    )  # a registered version's gate is final
+    again = _cli(api, "register", run_id)
+    assert again.returncode == 0, again.stderr
+    assert f"version {outcome.registered.version}" in again.stdout  # type: ignore[union-attr]
+    redo = _cli(api, "quantize", run_id, "--redo")
+    assert redo.returncode == 2 and "already registered" in redo.stderr and "Traceback" not in redo.stderr
+    assert lora_run.has("quantize") and lora_run.has("chain")  # refused: nothing was discarded
+    listed = _cli(api, "runs", "--json")
+    assert listed.returncode == 0 and run_id in listed.stdout

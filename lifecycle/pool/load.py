@@ -11,7 +11,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from lifecycle.errors import RecipeError
 from lifecycle.pool.schema import Deployment, Pool
-from lifecycle.recipe.load import _origin, _parse, _read, validate_model
+from lifecycle.recipe.load import origin_of, parse_yaml, read_text, validate_model
 
 TOP_LEVEL_KEY = "deployments"
 
@@ -27,7 +27,7 @@ class LoadedPool:
 
     def where(self, *loc: str | int) -> str:
         """`FILE:LINE` of the value at `loc` (the deepest part of it present in the file)."""
-        return _origin(self.data, tuple(loc), self.path)
+        return origin_of(self.data, tuple(loc), self.path)
 
     def problem(self, loc: tuple[str | int, ...], message: str) -> str:
         """One located problem, formatted like a schema error."""
@@ -38,12 +38,12 @@ class LoadedPool:
 def load_pool(path: str | Path) -> LoadedPool:
     """Read and validate a pool file. Raises RecipeError listing every problem."""
     path = Path(path)
-    return parse_pool(_read(path), path)
+    return parse_pool(read_text(path), path)
 
 
 def parse_pool(text: str, path: Path) -> LoadedPool:
     """Validate pool YAML `text` as if read from `path` (a promotion checks its edit before writing it)."""
-    data = _parse(path, text)
+    data = parse_yaml(path, text)
     pool, problems = validate_model(Pool, data, path)
     if pool is None:
         raise RecipeError(problems)
@@ -58,7 +58,7 @@ def is_pool_file(path: Path) -> bool:
     """True for a YAML file whose top level has `deployments`: how `lifecycle validate` tells a pool from a
     recipe. A file that cannot be parsed is not one (the recipe loader then reports why)."""
     try:
-        data = _parse(path, _read(path))
+        data = parse_yaml(path, read_text(path))
     except RecipeError:
         return False
     return TOP_LEVEL_KEY in data

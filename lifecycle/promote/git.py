@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifecycle.promote.errors import PromotionFailed, PromotionRefused
+from lifecycle.errors import PromotionFailed, PromotionRefused
 
 
 @dataclass(frozen=True)

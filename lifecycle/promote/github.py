@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lifecycle.promote.errors import PromotionFailed
+from lifecycle.errors import PromotionFailed
 
 DEFAULT_API = "https://api.github.com"
 API_VERSION = "2022-11-28"

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lifecycle import manifest
-from lifecycle.errors import ManifestError, RecipeError
+from lifecycle.errors import ManifestError, PromotionFailed, PromotionRefused, RecipeError
 from lifecycle.pool import diff as pool_diff
 from lifecycle.pool import pins
 from lifecycle.pool.load import LoadedPool, load_pool, parse_pool
 from lifecycle.pool.schema import RegisteredModel
 from lifecycle.promote import body, edit
-from lifecycle.promote.errors import PromotionFailed, PromotionRefused
 from lifecycle.promote.git import Git
 from lifecycle.promote.github import GitHub, PullRequest, compare_url, repository_of
 

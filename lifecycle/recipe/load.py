@@ -45,8 +45,8 @@ class LoadedRecipe:
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, check_files: bool = True) -> LoadedRecipe:
     """Read, override, resolve paths and validate a recipe file. Raises RecipeError listing every problem."""
     path = Path(path)
-    text = _read(path)
-    data = _parse(path, text)
+    text = read_text(path)
+    data = parse_yaml(path, text)
     origins: dict[tuple[str, ...], str] = {}
     problems = [f"{path}: {problem}" for problem in apply_overrides(data, overrides, origins)]
     _resolve_paths(data, path.parent)
@@ -69,13 +69,13 @@ def locate(loaded: LoadedRecipe, *loc: str | int) -> str:
     origins = {
         tuple(str(p) for p in _override_path(item.partition("=")[0])): item for item in loaded.overrides
     }
-    return _origin(_parse(loaded.path, loaded.text), tuple(loc), loaded.path, origins)
+    return origin_of(parse_yaml(loaded.path, loaded.text), tuple(loc), loaded.path, origins)
 
 
 def load_model_file(model: type[M], path: str | Path) -> M:
     """Load any other YAML config (an eval suite, a pool) with the same error reporting."""
     path = Path(path)
-    data = _parse(path, _read(path))
+    data = parse_yaml(path, read_text(path))
     result, problems = validate_model(model, data, path)
     if problems:
         raise RecipeError(problems)
@@ -86,7 +86,7 @@ def load_model_file(model: type[M], path: str | Path) -> M:
 # ----------------------------------------------------------------------------------------------- parsing
 
 
-def _read(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -97,7 +97,7 @@ def _read(path: Path) -> str:
         raise RecipeError([f"{path}: cannot be read: {exc}"]) from None
 
 
-def _parse(path: Path, text: str) -> CommentedMap:
+def parse_yaml(path: Path, text: str) -> CommentedMap:
     try:
         data = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
@@ -280,7 +280,7 @@ def _format_error(
     union_loc = loc
     if err["type"] == "union_tag_invalid" and isinstance(err.get("ctx", {}).get("discriminator"), str):
         loc = (*loc, err["ctx"]["discriminator"].strip("'"))  # point at the tag's own line
-    where = _origin(data, loc, path, origins)
+    where = origin_of(data, loc, path, origins)
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     message = err["msg"]
     kind = err["type"]
@@ -390,7 +390,7 @@ def _is_tag_of(node: Any, part: str) -> bool:
     return isinstance(node, dict) and node.get("kind") == part
 
 
-def _origin(
+def origin_of(
     data: CommentedMap, loc: tuple[Any, ...], path: Path, origins: dict[tuple[str, ...], str] | None = None
 ) -> str:
     """`FILE:LINE` of the deepest key of `loc` present in the file, or the override that set it."""
@@ -481,7 +481,7 @@ def _hardware_checks(recipe: Recipe, data: CommentedMap, path: Path) -> list[str
         import torch  # only for qlora recipes: keeps `lifecycle validate` fast otherwise
 
         if not torch.cuda.is_available():
-            where = _origin(data, ("method", "kind"), path)
+            where = origin_of(data, ("method", "kind"), path)
             problems.append(
                 f"{where}: method.kind: 'qlora' loads the base in 4-bit, which needs a CUDA GPU and none is "
                 "present; use kind 'lora' here, or launch.kind 'sky'"

@@ -7,7 +7,7 @@ import json
 import pytest
 from promote_world import OWNER_REPO, TOKEN, GitHubStandIn
 
-from lifecycle.promote.errors import PromotionFailed
+from lifecycle.errors import PromotionFailed
 from lifecycle.promote.github import GitHub, repository_of
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from promote_world import OWNER_REPO, TOKEN, Checkout, GitHubStandIn, Store, cli_env, git
 
+from lifecycle.errors import PromotionFailed, PromotionRefused
 from lifecycle.pool import diff as pool_diff
 from lifecycle.pool.load import parse_pool
-from lifecycle.promote.errors import PromotionFailed, PromotionRefused
 from lifecycle.promote.promote import LOCK_NAME, GitHubSettings, Promotion, promote
 from lifecycle.promote.versions import RegisteredVersions
 
