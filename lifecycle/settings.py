@@ -17,6 +17,9 @@ class Settings:
     cache_dir: Path
     serve_python: Path  # the interpreter of the serving environment (vLLM)
     hf_token: str | None = None  # forwarded to cloud training nodes (gated hub models); never logged
+    github_token: str | None = None  # opens promotion pull requests; never logged
+    github_api_url: str = "https://api.github.com"  # GitHub Enterprise: https://HOST/api/v3
+    github_repository: str | None = None  # owner/name; default: read from the git remote's URL
 
     @property
     def artifacts_dir(self) -> Path:
@@ -24,7 +27,8 @@ class Settings:
 
 
 def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
-    """Resolve settings from the environment (LIFECYCLE_HOME, MLFLOW_TRACKING_URI, LIFECYCLE_SERVE_PYTHON)."""
+    """Resolve settings from the environment (LIFECYCLE_HOME, MLFLOW_TRACKING_URI, LIFECYCLE_SERVE_PYTHON, HF_TOKEN,
+    GITHUB_TOKEN, GITHUB_API_URL, GITHUB_REPOSITORY)."""
     env = os.environ if env is None else env
     cwd = cwd or Path.cwd()
     home = Path(env.get("LIFECYCLE_HOME", cwd / "mlruns")).resolve()
@@ -39,6 +43,9 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         cache_dir=home / "cache",
         serve_python=serve_python,
         hf_token=env.get("HF_TOKEN") or None,
+        github_token=env.get("GITHUB_TOKEN") or None,
+        github_api_url=env.get("GITHUB_API_URL") or "https://api.github.com",
+        github_repository=env.get("GITHUB_REPOSITORY") or None,
     )
 
 

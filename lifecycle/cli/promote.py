@@ -3,7 +3,6 @@ pull request (lifecycle.promote does the work)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -34,10 +33,9 @@ def promote(
 
     ctx = load_context()
     ctx.check_store()
+    settings = ctx.settings
     github = GitHubSettings(
-        token=os.environ.get("GITHUB_TOKEN") or None,
-        api_url=os.environ.get("GITHUB_API_URL") or "https://api.github.com",
-        repository=os.environ.get("GITHUB_REPOSITORY") or None,
+        token=settings.github_token, api_url=settings.github_api_url, repository=settings.github_repository
     )
     done = run_promote(
         name,
