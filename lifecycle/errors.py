@@ -62,3 +62,21 @@ class PromotionRefused(UserInputError):
 
 class PromotionFailed(LifecycleError):
     """A step with an outside system failed (git push, GitHub); the message says what was left where."""
+
+
+class ServeError(LifecycleError):
+    """The serving pool could not serve what it was asked to (an artifact gone or changed, a server that would
+    not start or answer): what ran before keeps running."""
+
+
+class RolloutFailed(ServeError):
+    """A change to the running pool failed its checks and was reverted: the pool serves what it served before."""
+
+
+class PoolBusy(UserInputError):
+    """Another apply holds the pool, or a pool already runs here: nothing was changed. Exit code 2."""
+
+
+class AliasConflict(RegistryError):
+    """A registry alias is not what the pool file's history says it must be (someone moved it by hand): nothing
+    was overwritten."""

@@ -127,9 +127,12 @@ class OpenAIClient:
         answer = self.request("POST", "/v1/completions", body, timeout_s=timeout_s)
         return [completion(choice) for choice in sorted(answer["choices"], key=lambda c: c["index"])]
 
-    def load_lora(self, name: str, path: Path) -> None:
-        """Hot-load an adapter under `name` (vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
-        body = {"lora_name": name, "lora_path": os.path.abspath(path)}
+    def load_lora(self, name: str, path: Path, *, inplace: bool = False) -> None:
+        """Hot-load an adapter under `name` (vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING); `inplace` replaces
+        the weights of an adapter already loaded under that name."""
+        body: dict[str, Any] = {"lora_name": name, "lora_path": os.path.abspath(path)}
+        if inplace:
+            body["load_inplace"] = True
         self.request("POST", "/v1/load_lora_adapter", body)
 
     def unload_lora(self, name: str) -> None:

@@ -102,8 +102,15 @@ class FakeEngine:
             prompt, model=model, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs
         )
 
-    def load_lora(self, name: str, path: Path) -> None:
-        self.client.load_lora(name, path)
+    @property
+    def root_url(self) -> str:
+        return self.client.root_url
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def load_lora(self, name: str, path: Path, *, inplace: bool = False) -> None:
+        self.client.load_lora(name, path, inplace=inplace)
 
     def unload_lora(self, name: str) -> None:
         self.client.unload_lora(name)
@@ -151,7 +158,8 @@ class FakeEngine:
             if not name:
                 raise _ApiError(400, "'lora_name' needs to be provided.", "InvalidUserInput")
             if path.endswith("/load_lora_adapter"):
-                return self._load(str(name), _object(body).get("lora_path"))
+                inplace = bool(_object(body).get("load_inplace"))
+                return self._load(str(name), _object(body).get("lora_path"), inplace)
             return self._unload(str(name))
         raise _ApiError(404, "Not Found", "NotFoundError")
 
@@ -211,10 +219,10 @@ class FakeEngine:
             "kv_transfer_params": None,
         }
 
-    def _load(self, name: str, path: Any) -> str:
+    def _load(self, name: str, path: Any, inplace: bool = False) -> str:
         if not path:
             raise _ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
-        if name in self.served:
+        if name in self.served and not inplace:
             raise _ApiError(
                 400, f"The lora adapter '{name}' has already been loaded. If you want to load the adapter "
                 "in place, set 'load_inplace' to True.", "InvalidUserInput",

@@ -145,10 +145,11 @@ class VllmServer:
             timeout_s=timeout_s,
         )
 
-    def load_lora(self, name: str, path: Path) -> None:
-        """Hot-load an adapter under `name` (the spec needs `runtime_lora=True`)."""
+    def load_lora(self, name: str, path: Path, *, inplace: bool = False) -> None:
+        """Hot-load an adapter under `name` (the spec needs `runtime_lora=True`); `inplace` replaces the
+        weights of the adapter already loaded under that name."""
         self._need_runtime_lora("load")
-        self.client.load_lora(name, path)
+        self.client.load_lora(name, path, inplace=inplace)
 
     def unload_lora(self, name: str) -> None:
         """Drop a loaded adapter; requests naming it then fail with HTTP 404."""

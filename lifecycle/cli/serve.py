@@ -1,0 +1,131 @@
+"""`lifecycle serve [serving/pool.yaml]`: run the pool on this machine; `--status`: what a running pool serves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from lifecycle.cli.output import console, console_err
+
+if TYPE_CHECKING:
+    from lifecycle.cli.context import Context
+    from lifecycle.promote.versions import RegisteredVersions
+    from lifecycle.registry.models import VersionRecord
+    from lifecycle.settings import Settings
+
+DEFAULT_POOL = Path("serving/pool.yaml")
+
+
+def serve(
+    pool: Path = typer.Argument(DEFAULT_POOL, help="The pool file to serve."),
+    status: bool = typer.Option(False, "--status", help="Show what the pool running here serves, and exit."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Where the pool's endpoint listens."),
+    port: int = typer.Option(8000, "--port", help="The pool's endpoint port (0: any free port)."),
+    as_json: bool = typer.Option(False, "--json", help="With --status: the status as JSON."),
+) -> None:
+    """Serve every deployment of the pool file from one OpenAI-compatible endpoint: artifacts fetched from the
+    registry and verified against their manifests, vLLM servers from the serving environment, adapters loaded,
+    each replica checked with real completions before it gets traffic; dead replicas are restarted. Ctrl-C stops
+    everything. Change a running pool with `lifecycle apply`."""
+    from lifecycle.cli.context import load_context
+
+    ctx = load_context()
+    if status:
+        _status(ctx.settings, as_json)
+        return
+    _serve(ctx, pool, host, port)
+
+
+def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
+    from lifecycle.errors import RecipeError
+    from lifecycle.pool.load import load_pool
+    from lifecycle.serve.artifacts import Artifacts
+    from lifecycle.serve.control import state_path
+    from lifecycle.serve.run import RunningPool, vllm_launch
+
+    try:
+        loaded = load_pool(pool)
+    except RecipeError as exc:
+        for problem in exc.problems:
+            console_err.print(problem, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    settings = ctx.settings
+    say = lambda line: console.print(line, markup=False, soft_wrap=True)  # noqa: E731
+    running = RunningPool(
+        loaded,
+        launch=vllm_launch(settings.serve_python),
+        artifacts=Artifacts(_LazyVersions(ctx), settings.cache_dir),
+        workdir=settings.home / "serve" / "replicas",
+        state_file=state_path(settings),
+        host=host,
+        port=port,
+        say=say,
+    )
+    try:
+        names = sorted(running.front.routes)
+        console.print(
+            f"[green]serving[/] {pool} at {running.url}/v1 ({', '.join(names) or 'no deployments'}); "
+            "Ctrl-C stops it",
+            soft_wrap=True,
+        )
+        running.supervise_until_stopped()
+    finally:
+        running.stop()
+
+
+class _LazyVersions:
+    """The registry, opened only when an artifact has to be downloaded (local artifacts need no MLflow)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._versions: RegisteredVersions | None = None
+
+    def _get(self) -> RegisteredVersions:
+        if self._versions is None:
+            from lifecycle.promote.versions import RegisteredVersions
+
+            self.ctx.check_store()
+            self._versions = RegisteredVersions(self.ctx.api.registry)
+        return self._versions
+
+    def find(self, name: str, version: str) -> VersionRecord | None:
+        return self._get().find(name, version)
+
+    def fetch(self, record: VersionRecord, target: Path) -> Path:
+        return self._get().fetch(record, target)
+
+
+def _status(settings: Settings, as_json: bool) -> None:
+    from lifecycle.serve.control import find_running
+
+    client = find_running(settings)
+    if client is None:
+        console_err.print("no pool runs on this machine (start one with `lifecycle serve serving/pool.yaml`)")
+        raise typer.Exit(1)
+    status = client.status()
+    if as_json:
+        console.print_json(json.dumps(status.model_dump(mode="json")))
+        return
+    table = Table(title=f"pool {status.pool_path} at {status.front_url}/v1")
+    for column in ("deployment", "serves", "replicas", "restarts", "adapters", "residency"):
+        table.add_column(column)
+    for d in status.deployments:
+        healthy = sum(r.healthy for r in d.replicas)
+        table.add_row(
+            d.name,
+            d.serves,
+            f"{healthy}/{len(d.replicas)} healthy",
+            str(sum(r.restarts for r in d.replicas)),
+            ", ".join(d.adapters) or "-",
+            d.residency,
+        )
+    console.print(table)
+    if status.applied:
+        applied = status.applied
+        console.print(f"last apply: commit {applied.get('commit') or '-'}, PR {applied.get('pr') or '-'}")
+    for line in status.events[-10:]:
+        console.print(f"  {line}", markup=False, soft_wrap=True)
