@@ -1,6 +1,8 @@
 """`lifecycle promote NAME VERSION`: a registered version that passed its gate becomes a change to the pool file
 on its own branch, pushed, with a pull request. Git is the record: the merge is the approval, a revert the
-rollback, and MLflow aliases follow the merged file (they are never moved here).
+rollback, and MLflow aliases follow the merged file (they are never moved here). `lifecycle rollback NAME` is the
+same path for the version the model's `previous` alias names (the one that served before): the same refusals,
+its own branch (rollback/NAME-vX) and words.
 
 Refused before anything is written: a missing version, a failed gate or missing gate evidence, an artifact that
 does not match its manifest, a pool file with uncommitted changes, a promotion already running in this
@@ -23,6 +25,7 @@ from lifecycle import manifest
 from lifecycle.errors import ManifestError, PromotionFailed, PromotionRefused, RecipeError
 from lifecycle.pool import diff as pool_diff
 from lifecycle.pool import pins
+from lifecycle.pool.aliases import PREVIOUS, pinned_versions
 from lifecycle.pool.load import LoadedPool, load_pool, parse_pool
 from lifecycle.pool.schema import RegisteredModel
 from lifecycle.promote import body, edit
@@ -42,6 +45,7 @@ class Versions(Protocol):
     where: str
 
     def find(self, name: str, version: str) -> Record | None: ...
+    def by_alias(self, name: str, alias: str) -> Record | None: ...
     def fetch(self, record: Record, target: Path) -> Path: ...
 
 
@@ -66,6 +70,17 @@ class Promotion:
     pull: PullRequest | None
     next_step: str | None  # when no pull request was opened: what to do to open one
     body_file: Path
+    rollback: body.Rollback | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to pin: a registered version, on one deployment or (None) wherever the model belongs."""
+
+    name: str
+    version: str
+    deployment: str | None = None
+    rollback: body.Rollback | None = None
 
 
 def promote(
@@ -79,11 +94,103 @@ def promote(
     deployment: str | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> Promotion:
+    """Open the pull request that pins `name` v`version` (see the module's docstring for what is refused)."""
+    return propose(
+        lambda current: Request(name, version, deployment),
+        pool_path,
+        versions=versions,
+        github=github,
+        remote=remote,
+        say=say,
+    )
+
+
+def rollback(
+    name: str,
+    pool_path: Path,
+    *,
+    versions: Versions,
+    github: GitHubSettings,
+    remote: str = "origin",
+    say: Callable[[str], None] = lambda line: None,
+) -> Promotion:
+    """Open the pull request that pins again the version `previous` names, for `name`: a deployment (only it is
+    changed) or a registered model (every deployment serving it). Refused when there is no `previous`."""
+    return propose(
+        lambda current: rollback_request(name, current, versions),
+        pool_path,
+        versions=versions,
+        github=github,
+        remote=remote,
+        say=say,
+    )
+
+
+def rollback_request(name: str, current: LoadedPool, versions: Versions) -> Request:
+    """The version to roll `name` back to: its registered model's `previous` alias."""
+    found = current.pool.deployment(name)
+    deployment = None
+    if found is not None:
+        if not isinstance(found.model, RegisteredModel):
+            adapters = ", ".join(sorted({a.model for a in found.adapters})) or "none"
+            raise PromotionRefused(
+                f"deployment {name!r} serves unregistered base weights, which have no earlier version; to roll "
+                f"back one of its adapters, name the adapter's registered model (here: {adapters})"
+            )
+        model, deployment = found.model.name, name
+        pinned: tuple[int, ...] = (found.model.version,)
+    else:
+        model = name
+        where = pinned_versions(current.pool).get(name, {})
+        pinned = tuple(sorted(where))
+        serving = set().union(*where.values()) if where else set()
+        if len(serving) == 1:  # an adapter goes back where it is loaded, not on every deployment of its base
+            deployment = next(iter(serving))
+    previous = versions.by_alias(model, PREVIOUS)
+    if previous is None:
+        unknown = (
+            ""
+            if found is not None or pinned
+            else f"; {name!r} is neither a deployment in {current.path} nor a model it pins"
+        )
+        raise PromotionRefused(
+            f"{model} has no {PREVIOUS!r} alias in {versions.where}: nothing to roll back to (`lifecycle apply` "
+            f"sets it when a deployed change replaces the pinned version){unknown}"
+        )
+    return Request(
+        model,
+        previous.version,
+        deployment,
+        body.Rollback(name=name, from_versions=tuple(str(v) for v in pinned)),
+    )
+
+
+def propose(
+    choose: Callable[[LoadedPool], Request],
+    pool_path: Path,
+    *,
+    versions: Versions,
+    github: GitHubSettings,
+    remote: str = "origin",
+    say: Callable[[str], None] = lambda line: None,
+) -> Promotion:
+    """The one path of promotion and rollback: under the repository's lock, with the pool file committed and
+    clean, `choose` says what to pin; refuse what must not serve; commit the edit on its own branch, push it,
+    open the pull request."""
     git = Git.at(pool_path)
     rel = git.relative(pool_path)
     with _lock(git.git_dir() / LOCK_NAME):
         _refuse_dirty(git, rel)
         current = load_pool(pool_path)
+        request = choose(current)
+        name, version, deployment, rolling = (
+            request.name,
+            request.version,
+            request.deployment,
+            request.rollback,
+        )
+        if rolling is not None:
+            say(f"rolling {rolling.name} back to {name} v{version}{rolling.was}: its {PREVIOUS!r} alias")
         record = versions.find(name, version)
         if record is None:
             raise PromotionRefused(f"{name} v{version} is not a registered version in {versions.where}")
@@ -97,11 +204,11 @@ def promote(
             raise PromotionRefused("; ".join(refused))
         desired, targets = _edit(current, record, is_adapter, deployment)
         actions = pool_diff.diff(current.pool, desired.pool)
-        branch = body.branch_name(name, version)
+        branch = body.branch_name(name, version, rolling)
         if git.branch_exists(branch):
             raise PromotionRefused(
-                f"branch {branch} exists (an earlier promotion of this version): push it and open its pull "
-                f"request, or delete it (git branch -D {branch}) and promote again"
+                f"branch {branch} exists (an earlier {'rollback' if rolling else 'promotion'} to this version): "
+                f"push it and open its pull request, or delete it (git branch -D {branch}) and run this again"
             )
         base = git.current_branch()
         ahead = git.ahead_of(remote, base)
@@ -110,7 +217,7 @@ def promote(
                 f"note: {base} has {ahead} commit(s) that {remote}/{base} lacks; the pull request carries them too"
             )
         diff_text = body.unified_diff(current.text, desired.text, rel)
-        message = body.commit_message(record, targets, actions)
+        message = body.commit_message(record, targets, actions, rolling)
         commit = git.commit_file(git.head(), rel, desired.text, message)
         git.create_branch(branch, commit)
         say(f"committed {commit[:12]} on {branch}; pushing to {remote}")
@@ -122,11 +229,13 @@ def promote(
                 f"{remote} refused the push of {branch}: {exc}. Nothing changed here: the branch was deleted "
                 f"and {base} and the working tree are as they were"
             ) from None
-        text = body.pr_body(record, targets, actions, diff_text, rel, record.description)
+        text = body.pr_body(record, targets, actions, diff_text, rel, record.description, rolling)
         body_file = git.git_dir() / "lifecycle" / f"{branch.replace('/', '-')}.md"
         body_file.parent.mkdir(parents=True, exist_ok=True)
         body_file.write_text(text)
-        pull, next_step = _open_pull(git, remote, github, branch, base, body.title(record), text, body_file)
+        pull, next_step = _open_pull(
+            git, remote, github, branch, base, body.title(record, rolling), text, body_file
+        )
         return Promotion(
             name=name,
             version=version,
@@ -138,6 +247,7 @@ def promote(
             pull=pull,
             next_step=next_step,
             body_file=body_file,
+            rollback=rolling,
         )
 
 
