@@ -217,3 +217,4 @@ class RegisteredVersion(Frozen):
     source: str
     mlflow_run_id: str
     tags: dict[str, str]
+    adapter: RegisteredVersion | None = None  # a LoRA run's adapter, registered as its own version

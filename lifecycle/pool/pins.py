@@ -19,6 +19,14 @@ BASE_MODEL = "lifecycle.base_model"
 BASE_DIGEST = "lifecycle.base_manifest_digest"
 COST_USD = "lifecycle.cost.usd"
 COST_SOURCE = "lifecycle.cost.source"
+# What the version's artifact is: "model" (a full model, served as a deployment) or "adapter" (a LoRA adapter,
+# hot-loaded onto the deployment serving its base weights)
+ARTIFACT = "lifecycle.artifact"
+# An adapter version: the model version registered from the same run (what the gate measured), and the chain
+# check's measurements of the adapter itself
+ADAPTER_OF = "lifecycle.adapter.of"
+ADAPTER_ACCURACY = "lifecycle.adapter.chain_accuracy"
+ADAPTER_AGREEMENT = "lifecycle.adapter.merged_agreement"
 # Optional: the strictest residency the version's training data allows ('self_hosted': it may only be served on
 # machines the team runs). A version without it may be served anywhere the pool says.
 RESIDENCY = "lifecycle.residency"

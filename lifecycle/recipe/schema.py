@@ -119,6 +119,12 @@ class DataSpec(Strict):
         description="Other data mixed into training, each with the fraction of training rows it supplies: "
         "general or replay data keeps what the base model knew (the gate's no_regress rules measure it).",
     )
+    residency: Literal["self_hosted", "rented"] | None = Field(
+        None,
+        description="Where models trained on this data may serve. 'self_hosted': only on machines the team "
+        "runs (recorded on the registered version as lifecycle.residency; `lifecycle verify serving/pool.yaml` "
+        "refuses it on a rented deployment). Unset or 'rented': wherever the pool file says.",
+    )
 
     @field_validator("train", "eval")
     @classmethod
