@@ -35,6 +35,9 @@ COMMANDS = [
     "ui",
     "jobs",
     "promote",
+    "rollback",
+    "serve",
+    "apply",
 ]
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from lifecycle import interrupt
-from lifecycle.cli import doctor, jobs, promote, runs, stages, train, validate, verify, worker
+from lifecycle.cli import apply, doctor, jobs, promote, runs, serve, stages, train, validate, verify, worker
 from lifecycle.cli.output import console_err
 from lifecycle.errors import LifecycleError
 
@@ -33,6 +33,9 @@ app.command("runs")(runs.runs)
 app.command("doctor")(doctor.doctor)
 app.command("verify")(verify.verify)
 app.command("promote")(promote.promote)
+app.command("rollback")(promote.rollback)
+app.command("serve")(serve.serve)
+app.command("apply")(apply.apply)
 app.command("ui")(runs.ui)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(worker.app, name="worker", hidden=True)

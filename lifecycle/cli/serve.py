@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,8 +14,8 @@ from lifecycle.cli.output import console, console_err
 
 if TYPE_CHECKING:
     from lifecycle.cli.context import Context
-    from lifecycle.promote.versions import RegisteredVersions
-    from lifecycle.registry.models import VersionRecord
+    from lifecycle.pool.load import LoadedPool
+    from lifecycle.promote.versions import OnDemandVersions
     from lifecycle.settings import Settings
 
 DEFAULT_POOL = Path("serving/pool.yaml")
@@ -27,8 +28,9 @@ def serve(
     port: int = typer.Option(8000, "--port", help="The pool's endpoint port (0: any free port)."),
     as_json: bool = typer.Option(False, "--json", help="With --status: the status as JSON."),
 ) -> None:
-    """Serve every deployment of the pool file from one OpenAI-compatible endpoint: artifacts fetched from the
-    registry and verified against their manifests, vLLM servers from the serving environment, adapters loaded,
+    """Run the serving pool on this machine, behind one OpenAI-compatible endpoint.
+
+    Artifacts are fetched from the registry and verified against their manifests, vLLM servers from the serving environment, adapters loaded,
     each replica checked with real completions before it gets traffic; dead replicas are restarted. Ctrl-C stops
     everything. Change a running pool with `lifecycle apply`."""
     from lifecycle.cli.context import load_context
@@ -43,6 +45,7 @@ def serve(
 def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
     from lifecycle.errors import RecipeError
     from lifecycle.pool.load import load_pool
+    from lifecycle.promote.versions import OnDemandVersions
     from lifecycle.serve.artifacts import Artifacts
     from lifecycle.serve.control import state_path
     from lifecycle.serve.run import RunningPool, vllm_launch
@@ -54,11 +57,12 @@ def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
             console_err.print(problem, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     settings = ctx.settings
+    versions = OnDemandVersions(settings)
     say = lambda line: console.print(line, markup=False, soft_wrap=True)  # noqa: E731
     running = RunningPool(
         loaded,
         launch=vllm_launch(settings.serve_python),
-        artifacts=Artifacts(_LazyVersions(ctx), settings.cache_dir),
+        artifacts=Artifacts(versions, settings.cache_dir),
         workdir=settings.home / "serve" / "replicas",
         state_file=state_path(settings),
         host=host,
@@ -66,6 +70,7 @@ def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
         say=say,
     )
     try:
+        _aliases_follow(versions, loaded)
         names = sorted(running.front.routes)
         console.print(
             f"[green]serving[/] {pool} at {running.url}/v1 ({', '.join(names) or 'no deployments'}); "
@@ -77,26 +82,24 @@ def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
         running.stop()
 
 
-class _LazyVersions:
-    """The registry, opened only when an artifact has to be downloaded (local artifacts need no MLflow)."""
+def _aliases_follow(versions: OnDemandVersions, loaded: LoadedPool) -> None:
+    """The pool now serves the file: its versions become production where production is unset or already
+    theirs. A registry that cannot be reached, or an alias moved by hand, is reported, never fatal: serving
+    does not wait on the registry (`lifecycle verify --live` shows the drift)."""
+    from lifecycle.errors import LifecycleError
+    from lifecycle.promote.git import Git
+    from lifecycle.serve.apply import aliases_at_start
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._versions: RegisteredVersions | None = None
-
-    def _get(self) -> RegisteredVersions:
-        if self._versions is None:
-            from lifecycle.promote.versions import RegisteredVersions
-
-            self.ctx.check_store()
-            self._versions = RegisteredVersions(self.ctx.api.registry)
-        return self._versions
-
-    def find(self, name: str, version: str) -> VersionRecord | None:
-        return self._get().find(name, version)
-
-    def fetch(self, record: VersionRecord, target: Path) -> Path:
-        return self._get().fetch(record, target)
+    commit = None
+    with contextlib.suppress(LifecycleError):
+        commit = Git.at(loaded.path.resolve()).head()
+    try:
+        lines = aliases_at_start(versions.registry, loaded.pool, commit=commit)
+    except LifecycleError as exc:
+        console_err.print(f"[yellow]aliases not moved:[/] {exc}", soft_wrap=True, highlight=False)
+        return
+    for line in lines:
+        console.print(f"alias {line}", markup=False, soft_wrap=True)
 
 
 def _status(settings: Settings, as_json: bool) -> None:

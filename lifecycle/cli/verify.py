@@ -12,17 +12,39 @@ from lifecycle.cli.output import console
 
 def verify(
     run: str = typer.Argument("latest", help="Run id, run folder, or 'latest'; or a pool file (.yaml)."),
+    live: bool = typer.Option(
+        False,
+        "--live",
+        help="For a pool file: instead of the pins, compare it with the registry's production aliases and the "
+        "pool running here; exit 1 on drift (changes nothing).",
+    ),
+    base: str | None = typer.Option(
+        None,
+        "--base",
+        help="For a pool file: the git ref whose pool the SkyServe service files are diffed against (default: the "
+        "merge-base with origin/main, else HEAD).",
+    ),
 ) -> None:
     """Re-hash the run's model folders (merged, adapter, quantized) and committed checkpoints; exit 1 on any
     changed, missing or unexpected file. Given a pool file (serving/pool.yaml): check that every pinned version
-    exists, passed its gate and matches its pins, and the residency rules; exit 2 on any problem."""
+    exists, passed its gate and matches its pins, and the residency rules; exit 2 on any problem. With --live: the
+    drift alarm instead, the file against the registry's production aliases and the running pool; exit 1 on drift."""
     from pathlib import Path
 
     if run.endswith((".yaml", ".yml")) and Path(run).is_file():
+        if live:
+            from lifecycle.cli.drift import check_drift
+
+            check_drift(Path(run))
+            return
         from lifecycle.cli.pool import verify_pool
 
-        verify_pool(Path(run))
+        verify_pool(Path(run), base=base)
         return
+    if live:
+        from lifecycle.errors import UserInputError
+
+        raise UserInputError("--live compares a pool file (serving/pool.yaml) with what runs; not a run")
     import time
 
     from lifecycle import manifest

@@ -189,7 +189,7 @@ def move_aliases(
             )
         if move.hold is not None:
             done += f" ({move.hold})"
-        elif target is not None:
+        elif target is not None and found != target:  # moved now: an alias already there keeps its record
             registry.set_version_tags(
                 move.model,
                 str(target),

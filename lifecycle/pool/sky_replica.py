@@ -7,8 +7,6 @@ vLLM never starts, the readiness probe never passes, SkyServe never routes to it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lifecycle.engines.vllm import (
     CPU_SITECUSTOMIZE,
@@ -23,37 +21,7 @@ from lifecycle.pool.load import LoadedPool
 from lifecycle.pool.sky import replica_sha256
 from lifecycle.settings import Settings
 
-if TYPE_CHECKING:
-    from lifecycle.promote.versions import RegisteredVersions
-    from lifecycle.registry.models import VersionRecord
-
 HOST = "0.0.0.0"  # SkyServe's load balancer reaches the replica from another machine
-
-
-class _RegistryOnDemand:
-    """The registry, opened only when an artifact is not on this machine (a local store needs no MLflow)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._versions: RegisteredVersions | None = None
-
-    def _open(self) -> RegisteredVersions:
-        if self._versions is None:
-            from lifecycle.preflight import check_tracking_store
-            from lifecycle.promote.versions import RegisteredVersions
-            from lifecycle.registry.models import Registry
-            from lifecycle.registry.tracking import Tracker
-
-            check_tracking_store(self.settings.tracking_uri)
-            tracker = Tracker(self.settings.tracking_uri, self.settings.artifacts_dir)
-            self._versions = RegisteredVersions(Registry(tracker))
-        return self._versions
-
-    def find(self, name: str, version: str) -> VersionRecord | None:
-        return self._open().find(name, version)
-
-    def fetch(self, record: VersionRecord, target: Path) -> Path:
-        return self._open().fetch(record, target)
 
 
 def replica_command(
@@ -67,6 +35,7 @@ def replica_command(
     base_env: Mapping[str, str],
 ) -> tuple[list[str], dict[str, str]]:
     """The vLLM command line and environment for one replica of `deployment`, its artifacts verified first."""
+    from lifecycle.promote.versions import OnDemandVersions
     from lifecycle.serve.artifacts import Artifacts
 
     d = loaded.pool.deployment(deployment)
@@ -78,7 +47,7 @@ def replica_command(
             f"deployment {deployment!r}: {loaded.path} pins another replica ({replica_sha256(d)[:12]}…) than "
             f"this service was rendered for ({expect[:12]}…): the workdir and the service file disagree"
         )
-    artifacts = Artifacts(_RegistryOnDemand(settings), settings.cache_dir)
+    artifacts = Artifacts(OnDemandVersions(settings), settings.cache_dir)
     spec = replica_spec(d, artifacts.model_dir(d), artifacts.adapter_dirs(d))
     check_model_dir(spec)
     python = settings.serve_python

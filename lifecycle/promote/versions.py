@@ -10,6 +10,7 @@ from lifecycle.pool.verify import local_folder
 
 if TYPE_CHECKING:
     from lifecycle.registry.models import Registry, VersionRecord
+    from lifecycle.settings import Settings
 
 
 class RegisteredVersions:
@@ -32,3 +33,34 @@ class RegisteredVersions:
         if folder is not None:
             return folder
         return self.registry.download_version(record, target)
+
+
+class OnDemandVersions:
+    """`RegisteredVersions` opened only when first asked (the store checked then): serving local artifacts
+    needs no MLflow, and a replica that has its weights starts without reaching the registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.where = settings.tracking_uri
+        self._versions: RegisteredVersions | None = None
+
+    @property
+    def registry(self) -> Registry:
+        return self._open().registry
+
+    def _open(self) -> RegisteredVersions:
+        if self._versions is None:
+            from lifecycle.preflight import check_tracking_store
+            from lifecycle.registry.models import Registry
+            from lifecycle.registry.tracking import Tracker
+
+            check_tracking_store(self.settings.tracking_uri)
+            tracker = Tracker(self.settings.tracking_uri, self.settings.artifacts_dir)
+            self._versions = RegisteredVersions(Registry(tracker))
+        return self._versions
+
+    def find(self, name: str, version: str) -> VersionRecord | None:
+        return self._open().find(name, version)
+
+    def fetch(self, record: VersionRecord, target: Path) -> Path:
+        return self._open().fetch(record, target)

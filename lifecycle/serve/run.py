@@ -8,6 +8,9 @@ outlives this process (they run under the watchdog, which follows its parent).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +26,24 @@ from lifecycle.serve.pool import Launch, PoolRunner, Server
 SUPERVISE_EVERY_S = 2.0
 
 
-def vllm_launch(serve_python: Path, *, startup_timeout_s: float = 300) -> Launch:
-    """Start replicas as real vLLM servers from the serving environment (CPU or GPU build, probed)."""
+def vllm_launch(serve_python: Path, *, startup_timeout_s: float = 600) -> Launch:
+    """Start replicas as real vLLM servers from the serving environment (CPU or GPU build, probed once).
+
+    On a CPU host, vLLM binds every server's compute threads to the same cores (its "auto" binding assumes it
+    is alone on the machine), so a pool's servers, and a new one starting beside them in a blue-green replace,
+    would all queue on one core. Each server gets its own core instead, taken in turn (`spread_cores`).
+    """
+    from lifecycle.engines.vllm import detect_device
     from lifecycle.engines.vllm_server import start_server
 
+    device = detect_device(serve_python)
+    cores = sorted(os.sched_getaffinity(0))
+    launched = itertools.count()
+
     def launch(spec: VllmSpec, workdir: Path) -> Server:
+        if device == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in spec.env:
+            core = spread_cores(cores, next(launched))
+            spec = dataclasses.replace(spec, env={**spec.env, "VLLM_CPU_OMP_THREADS_BIND": core})
         # readiness is the runner's smoke check on every served name, so no extra 1-token request here
         return start_server(
             spec,
@@ -35,9 +51,16 @@ def vllm_launch(serve_python: Path, *, startup_timeout_s: float = 300) -> Launch
             workdir=workdir,
             startup_timeout_s=startup_timeout_s,
             check_generation=False,
+            device=device,
         )
 
     return launch
+
+
+def spread_cores(cores: list[int], nth: int) -> str:
+    """The core list (vLLM's VLLM_CPU_OMP_THREADS_BIND form) for the `nth` server started on this host: one core
+    each, in turn, so that servers share a core only when there are more servers than cores."""
+    return str(cores[nth % len(cores)])
 
 
 class RunningPool:

@@ -55,7 +55,9 @@ def model_pin(folder: Path, digest: str, version: int, scheme: str = "W8A8") -> 
     )
 
 
-def adapter_pin(folder: Path, digest: str, version: int, base_digest: str, name: str = "tickets-lora") -> Adapter:
+def adapter_pin(
+    folder: Path, digest: str, version: int, base_digest: str, name: str = "tickets-lora"
+) -> Adapter:
     return Adapter(
         name=name,
         model="tickets-lora",
@@ -67,7 +69,9 @@ def adapter_pin(folder: Path, digest: str, version: int, base_digest: str, name:
     )
 
 
-def deployment(model: RegisteredModel | BaseWeights, *, replicas: int = 1, adapters: tuple[Adapter, ...] = ()) -> Deployment:
+def deployment(
+    model: RegisteredModel | BaseWeights, *, replicas: int = 1, adapters: tuple[Adapter, ...] = ()
+) -> Deployment:
     return Deployment(
         name="tickets",
         model=model,

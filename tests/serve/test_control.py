@@ -13,8 +13,8 @@ import requests
 from pool_world import FakeLaunch, answering, artifact, ask, deployment, model_pin, pool
 
 from lifecycle.errors import PoolBusy
-from lifecycle.pool.schema import Pool
 from lifecycle.pool.load import parse_pool
+from lifecycle.pool.schema import Pool
 from lifecycle.serve.artifacts import Artifacts
 from lifecycle.serve.control import ServeState, find_running, running_pool, state_path
 from lifecycle.serve.run import RunningPool

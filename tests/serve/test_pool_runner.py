@@ -86,7 +86,9 @@ def test_adapter_versions_are_hot_loaded_without_a_restart(world) -> None:  # ty
     runner.reconcile(pool(deployment(_base(found), replicas=2, adapters=(_adapter(found, "a1", 1),))))
     assert ask(front.url, "tickets-lora") == (200, "a1")
     with Traffic(front.url, "tickets-lora") as traffic:
-        done = runner.reconcile(pool(deployment(_base(found), replicas=2, adapters=(_adapter(found, "a2", 2),))))
+        done = runner.reconcile(
+            pool(deployment(_base(found), replicas=2, adapters=(_adapter(found, "a2", 2),)))
+        )
     assert traffic.failures == [] and traffic.answers[-1] == "a2"
     assert len(launch.started) == 2  # no new server
     assert done.actions[0].startswith("hot-load adapter tickets-lora (tickets-lora v2) in place of v1")

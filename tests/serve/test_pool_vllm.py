@@ -1,0 +1,185 @@
+"""The whole loop against real vLLM (CPU), as a team runs it: promote v1 (pull request branch, merged), serve the
+pool, promote an adapter's next version and then a quantization change, each merged and applied while clients
+send requests through the pool's endpoint all the while; every request answered, the aliases moved only after
+the pool serves the new version, and Ctrl-C leaves no server behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pool_world import Traffic
+from registered_world import register_version
+
+from lifecycle.registry.models import Registry
+from lifecycle.registry.tracking import Tracker
+from lifecycle.results import QuantizeResult, TrainResult
+from lifecycle.runs import RunDir
+from lifecycle.serve.control import ServeState
+from lifecycle.train.base import base_manifest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+REPO = Path(__file__).parents[2]
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle.cli.app", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"lifecycle {' '.join(args)}: {done.stdout}\n{done.stderr}"
+    return done
+
+
+def merge(work: Path, branch: str) -> str:
+    """What merging the pull request does: main fast-forwards to the branch."""
+    git(work, "merge", "-q", "--ff-only", branch)
+    git(work, "push", "-q", "origin", "main")
+    return git(work, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, lora_run: RunDir, api, serve_python: Path):  # type: ignore[no-untyped-def]
+    """A store with tickets v1 (the quantized model), v2 (the merged one, unquantized) and tickets-lora v1, v2
+    (the adapter), registered as the register stage does; a checkout whose pool serves the base weights."""
+    root = tmp_path_factory.mktemp("pool-vllm")
+    run = RunDir(root / "run")
+    import shutil
+
+    shutil.copytree(lora_run.path, run.path, ignore=shutil.ignore_patterns("engines"))
+    quantized = api.quantize(run)
+    trained = run.load("train", TrainResult)
+    assert isinstance(quantized, QuantizeResult) and trained.adapter_dir
+    home = root / "home"
+    (home / "cache").parent.mkdir(parents=True, exist_ok=True)
+    (home / "cache").symlink_to(REPO / "mlruns" / "cache", target_is_directory=True)
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    registry = Registry(Tracker(uri, home / "artifacts"))
+    base_dir = Path(trained.base_model_dir)
+    base_digest = base_manifest(base_dir, home / "cache").digest
+    register_version(registry, "tickets", Path(quantized.model_dir), base_digest, scheme=quantized.scheme)
+    register_version(registry, "tickets", Path(trained.model_dir), base_digest, scheme="none")
+    for _ in (1, 2):
+        register_version(registry, "tickets-lora", Path(trained.adapter_dir), base_digest, scheme="none")
+
+    remote, work = root / "remote.git", root / "work"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    git(work, "config", "user.name", "Test Person")
+    git(work, "config", "user.email", "person@example.com")
+    (work / "serving").mkdir()
+    (work / "serving" / "pool.yaml").write_text(
+        "deployments:\n"
+        "  - name: base\n"
+        "    model:\n"
+        "      kind: base\n"
+        f"      source: {base_dir}\n"
+        f"      manifest_digest: {base_digest}\n"
+        "    residency: self_hosted\n"
+        "    gpus_per_replica: 0\n"
+        "    price_per_gpu_hour: 0.0\n"
+    )
+    git(work, "add", ".")
+    git(work, "commit", "-q", "-m", "serve the base weights")
+    git(work, "remote", "add", "origin", str(remote))
+    git(work, "push", "-q", "origin", "main")
+    env = {
+        **os.environ,
+        "LIFECYCLE_HOME": str(home),
+        "MLFLOW_TRACKING_URI": uri,
+        "LIFECYCLE_SERVE_PYTHON": str(serve_python),
+        "GITHUB_TOKEN": "",
+    }
+    return work, env, registry, home
+
+
+def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # type: ignore[no-untyped-def]
+    work, env, registry, home = world
+    cli(env, work, "promote", "tickets", "1")
+    cli(env, work, "promote", "tickets-lora", "1", "--deployment", "base")
+    merge(work, "promote/tickets-v1")
+    git(work, "merge", "-q", "promote/tickets-lora-v1", "-m", "merge tickets-lora v1")
+    git(work, "push", "-q", "origin", "main")
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lifecycle.cli.app", "serve", "serving/pool.yaml", "--port", "0"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    state_file = home / "serve" / "pool.json"
+    try:
+        deadline = time.monotonic() + 600
+        while not state_file.exists():
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert time.monotonic() < deadline, "the pool did not come up"
+            time.sleep(1)
+        state = ServeState.read(state_file)
+        assert state is not None
+        status = json.loads(cli(env, work, "serve", "--status", "--json").stdout)
+        assert {d["name"]: d["serves"] for d in status["deployments"]} == {
+            "base": f"base {status['pool']['deployments'][0]['model']['source']}",
+            "tickets": f"tickets v1 ({registry.get('tickets', '1').tags['lifecycle.quant.scheme']})",
+        }
+        pids = _server_pids(state.pid)
+        assert len(pids) >= 2
+
+        # an adapter's next version: hot-loaded in place, no server started
+        cli(env, work, "promote", "tickets-lora", "2", "--deployment", "base")
+        commit = merge(work, "promote/tickets-lora-v2")
+        with (
+            Traffic(state.front_url, "tickets-lora") as lora_traffic,
+            Traffic(state.front_url, "tickets") as other,
+        ):
+            applied = cli(env, work, "apply", "serving/pool.yaml", "--commit", commit, "--pr", "2").stdout
+        assert lora_traffic.failures == [] and other.failures == []
+        assert lora_traffic.answers and other.answers
+        assert "hot-load adapter tickets-lora (tickets-lora v2) in place of v1" in applied
+        assert registry.aliases("tickets-lora") == {"production": "2", "previous": "1"}
+        assert registry.get("tickets-lora", "2").tags["lifecycle.deployed.commit"] == commit
+
+        # a quantization change: new servers, checked, traffic shifted, old ones stopped
+        cli(env, work, "promote", "tickets", "2")
+        commit = merge(work, "promote/tickets-v2")
+        with Traffic(state.front_url, "tickets") as traffic:
+            applied = cli(env, work, "apply", "serving/pool.yaml", "--commit", commit).stdout
+        assert traffic.failures == [], traffic.failures[:3]
+        assert "replace tickets blue-green" in applied
+        assert registry.aliases("tickets")["production"] == "2"
+        status = json.loads(cli(env, work, "serve", "--status", "--json").stdout)
+        assert "tickets v2 (none)" in [d["serves"] for d in status["deployments"]]
+        again = cli(env, work, "apply", "serving/pool.yaml").stdout
+        assert "nothing to do" in again
+        pids = _server_pids(state.pid)
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, _ = server.communicate(timeout=120)
+    assert server.returncode == 130, out
+    time.sleep(1)
+    assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
+    assert not state_file.exists()
+
+
+def _server_pids(parent: int) -> list[int]:
+    """Every process below `parent` (the watchdogs and the vLLM processes under them)."""
+    found, frontier = [], [parent]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        found += [int(c) for c in children]
+        frontier += [int(c) for c in children]
+    return found
