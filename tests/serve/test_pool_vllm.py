@@ -105,10 +105,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, lora_run: RunDir, api, serve
 def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # type: ignore[no-untyped-def]
     work, env, registry, home = world
     cli(env, work, "promote", "tickets", "1")
-    cli(env, work, "promote", "tickets-lora", "1", "--deployment", "base")
     merge(work, "promote/tickets-v1")
-    git(work, "merge", "-q", "promote/tickets-lora-v1", "-m", "merge tickets-lora v1")
-    git(work, "push", "-q", "origin", "main")
+    cli(env, work, "promote", "tickets-lora", "1", "--deployment", "base")
+    merge(work, "promote/tickets-lora-v1")
 
     server = subprocess.Popen(
         [sys.executable, "-m", "lifecycle.cli.app", "serve", "serving/pool.yaml", "--port", "0"],
@@ -146,7 +145,7 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         assert lora_traffic.failures == [] and other.failures == []
         assert lora_traffic.answers and other.answers
         assert "hot-load adapter tickets-lora (tickets-lora v2) in place of v1" in applied
-        assert registry.aliases("tickets-lora") == {"production": "2", "previous": "1"}
+        assert registry.aliases("tickets-lora") == {"production": "2", "previous": "1", "candidate": "2"}
         assert registry.get("tickets-lora", "2").tags["lifecycle.deployed.commit"] == commit
 
         # a quantization change: new servers, checked, traffic shifted, old ones stopped
