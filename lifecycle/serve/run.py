@@ -9,11 +9,13 @@ outlives this process (they run under the watchdog, which follows its parent).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from lifecycle.engines.vllm import VllmSpec
 from lifecycle.errors import PoolBusy
@@ -36,12 +38,15 @@ def vllm_launch(serve_python: Path, *, startup_timeout_s: float = 600) -> Launch
     from lifecycle.engines.vllm import detect_device
     from lifecycle.engines.vllm_server import start_server
 
-    device = detect_device(serve_python)
     cores = sorted(os.sched_getaffinity(0))
     launched = itertools.count()
 
+    @functools.cache
+    def device() -> Literal["cpu", "gpu"]:  # asked once, when the first server starts (an empty pool needs none)
+        return detect_device(serve_python)
+
     def launch(spec: VllmSpec, workdir: Path) -> Server:
-        if device == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in spec.env:
+        if device() == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in spec.env:
             core = spread_cores(cores, next(launched))
             spec = dataclasses.replace(spec, env={**spec.env, "VLLM_CPU_OMP_THREADS_BIND": core})
         # readiness is the runner's smoke check on every served name, so no extra 1-token request here
@@ -51,7 +56,7 @@ def vllm_launch(serve_python: Path, *, startup_timeout_s: float = 600) -> Launch
             workdir=workdir,
             startup_timeout_s=startup_timeout_s,
             check_generation=False,
-            device=device,
+            device=device(),
         )
 
     return launch
