@@ -80,3 +80,8 @@ class PoolBusy(UserInputError):
 class AliasConflict(RegistryError):
     """A registry alias is not what the pool file's history says it must be (someone moved it by hand): nothing
     was overwritten."""
+
+
+class AuditLogError(LifecycleError):
+    """The audit log cannot be appended to or read as one unbroken chain (a torn or altered tail, a file that
+    is not an audit log), or an export's signature does not hold: nothing was written."""
