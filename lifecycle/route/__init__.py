@@ -5,4 +5,8 @@ load.py     YAML with line numbers (the recipe loader's machinery) and the check
 targets.py  a route target resolved through the pool: deployment, adapter, NAME@production or upstream
 decide.py   auth -> residency -> prompt shape -> cost class -> health -> replica: the fallback list (pure)
 budget.py   budgets reserved before a call and settled after it (pure), and the SQLite store behind a Protocol
+audit.py    the append-only, hash-chained record of every request (never its text); chain.py checks the chain,
+            export.py writes and checks a signed per-tenant export
+telemetry.py  OpenTelemetry GenAI span attributes per upstream attempt, the prompt's keyed HMAC, traceparent
+metrics.py  Prometheus metric definitions and the guard that keeps their label sets bounded
 """

@@ -18,7 +18,7 @@ from lifecycle.recipe.load import origin_of, parse_yaml, read_text, validate_mod
 from lifecycle.route.policy import RoutingPolicy
 from lifecycle.route.targets import resolve_target
 
-TOP_LEVEL_KEY = "routes"
+POLICY_KEYS = {"routes", "tenants", "upstreams"}  # none of them is a recipe's or a pool's key
 
 Loc = tuple[str | int, ...]
 
@@ -72,13 +72,14 @@ def parse_policy(text: str, path: Path, pool: Pool | None = None) -> LoadedPolic
 
 
 def is_policy_file(path: Path) -> bool:
-    """True for a YAML file whose top level has `routes` and no `deployments`: how `lifecycle validate` tells a
-    routing policy from a pool file or a recipe. A file that cannot be parsed is not one."""
+    """True for a YAML file whose top level has `routes`, `tenants` or `upstreams` (keys no recipe has) and no
+    `deployments`: how `lifecycle validate` tells a routing policy from a pool file or a recipe, also when one of
+    those keys is misspelt. A file that cannot be parsed is not one."""
     try:
         data = parse_yaml(path, read_text(path))
     except RecipeError:
         return False
-    return TOP_LEVEL_KEY in data and POOL_KEY not in data
+    return bool(POLICY_KEYS & set(data)) and POOL_KEY not in data
 
 
 def cross_checks(loaded: LoadedPolicy) -> list[str]:
