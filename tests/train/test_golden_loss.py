@@ -1,9 +1,10 @@
 """Golden training losses: the tiny base fine-tuned 40 steps by the project's own trainer, seeded, on CPU.
 
-The losses at a few steps are pinned. A changed learning rate, loss mask, data order or LoRA scaling moves
-them by far more than the tolerance; a different x86 CPU does not. Why that tolerance: see
-RTOL below. If the tiny base itself changes (tiny_base.py, demo_data.py), the test says so first: record new
-values with `LIFECYCLE_GOLDEN_PRINT=1 pytest tests/train/test_golden_loss.py -s`.
+The losses at a few steps are pinned, per tiny base (each CPU kind builds its own; see GOLDEN_BY_BASE). A
+changed learning rate, loss mask, data order or LoRA scaling moves them by far more than the tolerance; rounding
+differences in the fine-tune do not. Why that tolerance: see RTOL below. If the tiny base changes (tiny_base.py,
+demo_data.py, or a CPU kind not seen before), the test says so first: record its values with
+`LIFECYCLE_GOLDEN_PRINT=1 pytest tests/train/test_golden_loss.py -s`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,25 @@ from lifecycle.train.data import load_examples, mix_rows
 from lifecycle.train.trainer import Hardware, fit
 
 STEPS = 40
-# The tiny base these losses were recorded on (tiny_base.build_tiny_llama, seed 0).
-BASE_DIGEST = "ab875ccd4680ec34eeccce7f15918e254e99cd318858e45c8c8980effaa6d66d"
-# Mean training loss over the 5 steps ending at each step (trl's logged `loss`).
-GOLDEN = {10: 5.544382858276367, 20: 4.040706634521484, 40: 2.855873680114746}
+# Mean training loss over the 5 steps ending at each step (trl's logged `loss`), per tiny base they were recorded
+# on (tiny_base.build_tiny_llama, seed 0, by its manifest digest). The base's short pre-training is itself fp32
+# arithmetic, and over its hundreds of steps another CPU's summation order (AVX-512 vs AVX2 kernels) ends in other
+# weights, about 1% apart in these losses: so each CPU kind has its own base, and its own golden values. The
+# fine-tune under test is compared against the values of the base this machine built.
+GOLDEN_BY_BASE = {
+    # x86-64 with AVX-512 (AMD Zen 4)
+    "ab875ccd4680ec34eeccce7f15918e254e99cd318858e45c8c8980effaa6d66d": {
+        10: 5.544382858276367,
+        20: 4.040706634521484,
+        40: 2.855873680114746,
+    },
+    # x86-64 with AVX2 and no AVX-512 (AMD EPYC)
+    "a9570e82d4d92110da237088b22705f4989079e55668f42a1e77f81712045f49": {
+        10: 5.503651809692383,
+        20: 3.9913871765136717,
+        40: 2.8254043579101564,
+    },
+}
 # Why 1e-4 relative. fp32 on CPU; another x86 CPU (AVX2 vs AVX-512, another oneDNN/MKL kernel) sums a matmul
 # in another order, ~1e-7..1e-6 relative per product. Measured on these 40 steps: every base weight scaled by
 # (1 + 1e-6 * noise) moves these losses by <= 3e-7 relative, by (1 + 1e-5 * noise) by <= 2e-6; one thread
@@ -116,11 +132,12 @@ def train_losses(base: Path, work: Path) -> dict[int, float]:
 def test_losses_match_the_golden_values(tiny_base: Path, tmp_path: Path) -> None:
     digest = manifest.compute(tiny_base).digest
     losses = train_losses(tiny_base, tmp_path)
+    steps = (10, 20, 40)
     if os.environ.get("LIFECYCLE_GOLDEN_PRINT"):
-        print(f"BASE_DIGEST = {digest!r}\nGOLDEN = { ({s: losses[s] for s in GOLDEN})!r}")
-    assert digest == BASE_DIGEST, (
-        "the tiny base is not the one the golden losses were recorded on; if that change was meant, record "
-        "new values (see the module docstring)"
+        print(f"{digest!r}: { ({s: losses[s] for s in steps})!r}")
+    assert digest in GOLDEN_BY_BASE, (
+        f"no golden losses for the tiny base this machine built ({digest}): a CPU kind not seen before, or a "
+        "changed tiny base. Record its values (see the module docstring) after checking the base build is meant"
     )
-    for step, expected in GOLDEN.items():
+    for step, expected in GOLDEN_BY_BASE[digest].items():
         assert losses[step] == pytest.approx(expected, rel=RTOL), f"loss at step {step}"
