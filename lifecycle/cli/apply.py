@@ -39,21 +39,16 @@ def apply(
     One apply at a time; applying twice changes nothing. Exit 2 on a bad file or pin, 1 when a rollout failed
     (the pool serves what it served before)."""
     from lifecycle.cli.context import load_context
-    from lifecycle.errors import RecipeError, UserInputError
+    from lifecycle.cli.pool import load_or_exit
+    from lifecycle.errors import UserInputError
     from lifecycle.pool import diff as pool_diff
-    from lifecycle.pool.load import load_pool
     from lifecycle.pool.verify import verify_pool
     from lifecycle.promote.versions import RegisteredVersions
     from lifecycle.serve.control import find_running, state_path
 
     if on not in ("local", "sky"):
         raise UserInputError(f"--on {on}: expected local or sky")
-    try:
-        loaded = load_pool(pool)
-    except RecipeError as exc:
-        for problem in exc.problems:
-            console_err.print(problem, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    loaded = load_or_exit(pool)
     ctx = load_context()
     ctx.check_store()
     registry = ctx.api.registry

@@ -13,17 +13,11 @@ from lifecycle.cli.output import console, console_err
 def check_drift(path: Path) -> None:
     """Print every disagreement; exit 1 when there is drift, 0 when none, 2 when the file is invalid."""
     from lifecycle.cli.context import load_context
-    from lifecycle.errors import RecipeError
+    from lifecycle.cli.pool import load_or_exit
     from lifecycle.pool.drift import drift
-    from lifecycle.pool.load import load_pool
     from lifecycle.serve.control import running_pool
 
-    try:
-        loaded = load_pool(path)
-    except RecipeError as exc:
-        for problem in exc.problems:
-            console_err.print(problem, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    loaded = load_or_exit(path)
     ctx = load_context()
     ctx.check_store()
     registry = ctx.api.registry

@@ -16,6 +16,19 @@ if TYPE_CHECKING:
     from lifecycle.pool.load import LoadedPool
 
 
+def load_or_exit(path: Path) -> LoadedPool:
+    """The pool file validated, or every problem printed (FILE:LINE: field: message) and exit code 2."""
+    from lifecycle.errors import RecipeError
+    from lifecycle.pool.load import load_pool
+
+    try:
+        return load_pool(path)
+    except RecipeError as exc:
+        for problem in exc.problems:
+            console_err.print(problem, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 def validate_pool(path: Path) -> bool:
     """Static validation (no MLflow): the schema and the rules across deployments. False if it failed."""
     from lifecycle.errors import RecipeError
@@ -38,17 +51,10 @@ def verify_pool(path: Path, base: str | None = None) -> None:
     change: the vLLM command line per deployment and the SkyServe service files diffed against the pool at `base`
     (default: the merge-base with origin/main, else HEAD)."""
     from lifecycle.cli.context import load_context
-    from lifecycle.errors import RecipeError
-    from lifecycle.pool.load import load_pool
     from lifecycle.pool.verify import verify_pool as check
     from lifecycle.promote.versions import RegisteredVersions
 
-    try:
-        loaded = load_pool(path)
-    except RecipeError as exc:
-        for problem in exc.problems:
-            console_err.print(problem, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    loaded = load_or_exit(path)
     ctx = load_context()
     ctx.check_store()
     versions = RegisteredVersions(ctx.api.registry)

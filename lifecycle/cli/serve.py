@@ -43,19 +43,13 @@ def serve(
 
 
 def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
-    from lifecycle.errors import RecipeError
-    from lifecycle.pool.load import load_pool
+    from lifecycle.cli.pool import load_or_exit
     from lifecycle.promote.versions import OnDemandVersions
     from lifecycle.serve.artifacts import Artifacts
     from lifecycle.serve.control import state_path
     from lifecycle.serve.run import RunningPool, vllm_launch
 
-    try:
-        loaded = load_pool(pool)
-    except RecipeError as exc:
-        for problem in exc.problems:
-            console_err.print(problem, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    loaded = load_or_exit(pool)
     settings = ctx.settings
     versions = OnDemandVersions(settings)
     say = lambda line: console.print(line, markup=False, soft_wrap=True)  # noqa: E731

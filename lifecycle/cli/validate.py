@@ -14,7 +14,8 @@ from lifecycle.recipe.load import load_recipe
 
 def validate(
     files: list[Path] = typer.Argument(
-        ..., help="Recipe YAML files, pool files (serving/pool.yaml) or routing policies (serving/routing.yaml)."
+        ...,
+        help="Recipe YAML files, pool files (serving/pool.yaml) or routing policies (serving/routing.yaml).",
     ),
     override: list[str] = typer.Option([], "--set", "-s", help="key.path=value, applied before validation."),
 ) -> None:

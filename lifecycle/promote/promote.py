@@ -13,15 +13,13 @@ checked-out branch (lifecycle.promote.git), so a push the remote rejects leaves 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from lifecycle import manifest
+from lifecycle import locks, manifest
 from lifecycle.errors import ManifestError, PromotionFailed, PromotionRefused, RecipeError
 from lifecycle.pool import diff as pool_diff
 from lifecycle.pool import pins
@@ -251,27 +249,15 @@ def propose(
         )
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def _lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """One promotion at a time per repository: a second one is refused at once, naming the first."""
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise PromotionRefused(
-                f"another promotion is running in this repository (process {holder}; lock {path}); "
-                "wait for it to finish"
-            ) from None
-        fh.truncate(0)
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.truncate(0)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locks.held(
+        path,
+        lambda holder: PromotionRefused(
+            f"another promotion is running in this repository (process {holder}; lock {path}); "
+            "wait for it to finish"
+        ),
+    )
 
 
 def _refuse_dirty(git: Git, rel: str) -> None:

@@ -14,12 +14,10 @@ Order, and why:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lifecycle import locks
 from lifecycle.errors import AliasConflict, PoolBusy, RolloutFailed, ServeError
 from lifecycle.pool.aliases import AliasMove, AliasRegistry, alias_plan, move_aliases
 from lifecycle.pool.load import LoadedPool
@@ -85,23 +83,10 @@ def check_aliases(registry: AliasRegistry, plan: list[AliasMove]) -> None:
             )
 
 
-@contextlib.contextmanager
-def apply_lock(folder: Path) -> Iterator[None]:
+def apply_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """One apply at a time on this machine; the second is refused at once, naming the holder."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise PoolBusy(f"another apply is running (process {holder}; lock {path}); wait for it") from None
-        fh.truncate(0)
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.truncate(0)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locks.held(
+        path,
+        lambda holder: PoolBusy(f"another apply is running (process {holder}; lock {path}); wait for it"),
+    )
