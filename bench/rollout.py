@@ -84,6 +84,7 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
     from lifecycle.api import Lifecycle
+    from lifecycle.errors import LifecycleError
     from lifecycle.pool.schema import Adapter, BaseWeights, Deployment, Pool, Quantization, RegisteredModel
     from lifecycle.results import QuantizeResult, TrainResult
     from lifecycle.serve.artifacts import Artifacts
@@ -183,9 +184,12 @@ def main() -> None:
             ):
                 time.sleep(1.0)
                 began = time.perf_counter()
-                done = running.runner.reconcile(desired)
+                try:
+                    done = running.runner.reconcile(desired)
+                    per_action = "; ".join(f"{a.split(':')[0]} {s:.2f} s" for a, s in done.timings) or "-"
+                except LifecycleError as exc:  # reverted: what served before still serves; say so and go on
+                    per_action = f"FAILED AND REVERTED: {str(exc).splitlines()[0][:300]}"
                 took = time.perf_counter() - began
-            per_action = "; ".join(f"{a.split(':')[0]} {s:.2f} s" for a, s in done.timings) or "-"
             sent = lora.ok + len(lora.failed) + other.ok + len(other.failed)
             failed = len(lora.failed) + len(other.failed)
             rows.append((label, took, per_action, sent, failed, (lora.failed + other.failed)[:2]))
