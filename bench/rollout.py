@@ -195,7 +195,10 @@ def main() -> None:
             rows.append((label, took, per_action, sent, failed, (lora.failed + other.failed)[:2]))
     finally:
         running.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if any("FAILED" in row[2] for row in rows):
+            print(f"kept {tmp} (the failed replica's vLLM log is under replicas/)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     print()
     print(f"{'change':46} {'apply->serving':>15} {'requests':>9} {'failed':>7}  actions")
     for label, took, per_action, sent, failed, examples in rows:
