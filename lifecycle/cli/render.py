@@ -74,9 +74,18 @@ def train_table(result: TrainResult) -> Table:
 
 
 def registered_line(v: RegisteredVersion) -> str:
+    adapter = v.adapter
+    also = (
+        f"registered the adapter as [bold]{adapter.name}[/] version [bold]{adapter.version}[/] (alias "
+        f"'{adapter.alias}'): promote it to hot-load it onto a deployment serving the base weights\n"
+        if adapter is not None
+        else ""
+    )
     return (
         f"registered [bold]{v.name}[/] version [bold]{v.version}[/] (alias '{v.alias}') from {v.source}\n"
-        "see it in the registry UI: make ui  (or: lifecycle ui)"
+        + also
+        + "see it in the registry UI: make ui  (or: lifecycle ui); serve it: lifecycle promote "
+        f"{v.name} {v.version}"
     )
 
 
