@@ -254,3 +254,37 @@ def _exited(pid: int) -> bool:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
+
+
+def describe_processes(pids: Sequence[int]) -> str:
+    """What each process is doing, from /proc, and how loaded the machine is: for an error about a process
+    that did not get anywhere (starved of CPU, short of memory, or blocked in the kernel), a line each."""
+    tick = os.sysconf("SC_CLK_TCK")
+    lines = []
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            name = " ".join(name.split())
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        wchan = _read_or(f"/proc/{pid}/wchan", "?") or "-"
+        rss = next(
+            (line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("VmRSS")), "?"
+        )
+        cpu_s = (int(fields[11]) + int(fields[12])) / tick
+        lines.append(f"pid {pid} state {fields[0]} wchan {wchan} cpu {cpu_s:.1f} s rss {rss}: {name[:100]}")
+    meminfo = dict(line.split(":", 1) for line in _read_or("/proc/meminfo", "").splitlines() if ":" in line)
+    lines.append(
+        f"machine: load {' '.join(_read_or('/proc/loadavg', '?').split()[:3])},"
+        f" memory available {meminfo.get('MemAvailable', ' ?').strip()} of {meminfo.get('MemTotal', ' ?').strip()}"
+    )
+    return "\n".join(lines)
+
+
+def _read_or(path: str, default: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return default

@@ -355,7 +355,10 @@ def _wait_until_ready(server: VllmServer, timeout_s: float) -> None:
                 raise _PortTaken()
             raise EngineError(f"the server exited with code {code} after {time.monotonic() - started:.0f} s")
         if time.monotonic() - started > timeout_s:
-            raise EngineError(f"the server did not answer /health within {timeout_s:.0f} s")
+            raise EngineError(
+                f"the server did not answer /health within {timeout_s:.0f} s; its processes then:\n"
+                + supervise.describe_processes(server.group.members())
+            )
         if server.client.healthy():
             break
         time.sleep(0.5)

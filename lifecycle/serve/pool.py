@@ -17,9 +17,11 @@ spec they last ran, and reports each restart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -115,22 +117,27 @@ class PoolRunner:
             before = self.pool
             actions = pool_diff.diff(before, desired)
             timings: list[tuple[str, float]] = []
-            for action in actions:
-                self.say(action.describe())
+            for step in _steps(actions):
+                for action in step:
+                    self.say(action.describe())
                 began = time.monotonic()
                 try:
-                    self._play(action)
+                    if len(step) > 1:  # only starts are grouped
+                        self._start_all([a for a in step if isinstance(a, pool_diff.Start)])
+                    else:
+                        self._play(step[0])
                 except LifecycleError as exc:
                     reverted = self._revert(before)
                     raise RolloutFailed(
-                        f"{action.describe()}: {exc}. "
+                        f"{'; '.join(a.describe() for a in step)}: {exc}. "
                         + (
                             "Reverted: the pool serves what it served before."
                             if reverted is None
                             else f"Reverting failed too ({reverted}); `lifecycle serve --status` shows what runs."
                         )
                     ) from None
-                timings.append((action.describe(), time.monotonic() - began))
+                seconds = time.monotonic() - began
+                timings += [(action.describe(), seconds) for action in step]
             return Reconciled(
                 before=before,
                 after=self.pool,
@@ -169,21 +176,32 @@ class PoolRunner:
     # ---- actions
 
     def _start(self, deployment: Deployment, count: int, first: int = 0) -> list[Replica]:
-        """`count` checked replicas of `deployment`; none left running if one fails."""
+        """`count` checked replicas of `deployment`, started side by side; none left running if one fails."""
         model_dir = self.artifacts.model_dir(deployment)
         spec = replica_spec(deployment, model_dir, self.artifacts.adapter_dirs(deployment))
-        started: list[Replica] = []
+        jobs = [
+            functools.partial(self._start_replica, deployment, spec, index)
+            for index in range(first, first + count)
+        ]
+        return [replica for replicas in _all_or_none(jobs) for replica in replicas]
+
+    def _start_replica(self, deployment: Deployment, spec: VllmSpec, index: int) -> list[Replica]:
+        replica = Replica(deployment.name, index, spec, self._launch(spec, deployment.name, index))
         try:
-            for index in range(first, first + count):
-                replica = Replica(deployment.name, index, spec, self._launch(spec, deployment.name, index))
-                started.append(replica)
-                for name in deployment.served_names:
-                    self._smoke(replica, name)
+            for name in deployment.served_names:
+                self._smoke(replica, name)
         except BaseException:
-            for replica in started:
-                replica.server.stop()
+            replica.server.stop()
             raise
-        return started
+        return [replica]
+
+    def _start_all(self, starts: Sequence[pool_diff.Start]) -> None:
+        """Several deployments started side by side (a pool's first start): all routed, or none left running."""
+        jobs = [functools.partial(self._start, s.deployment, s.deployment.replicas) for s in starts]
+        for start, replicas in zip(starts, _all_or_none(jobs), strict=True):
+            self.replicas[start.deployment.name] = replicas
+        self.pool = pool_diff.apply(self.pool, list(starts))
+        self._publish(self.pool)
 
     def _launch(self, spec: VllmSpec, deployment: str, index: int) -> Server:
         try:
@@ -330,6 +348,39 @@ class PoolRunner:
                     replica.server.stop()
             self.replicas = {}
             self.pool = Pool()
+
+
+def _steps(actions: Sequence[pool_diff.Action]) -> list[list[pool_diff.Action]]:
+    """The plan in steps: consecutive starts of new deployments form one step (they start side by side); every
+    other action is a step of its own, in the plan's order."""
+    steps: list[list[pool_diff.Action]] = []
+    for action in actions:
+        if (
+            isinstance(action, pool_diff.Start)
+            and steps
+            and all(isinstance(a, pool_diff.Start) for a in steps[-1])
+        ):
+            steps[-1].append(action)
+        else:
+            steps.append([action])
+    return steps
+
+
+def _all_or_none(jobs: Sequence[Callable[[], list[Replica]]]) -> list[list[Replica]]:
+    """Run the jobs side by side, each starting replicas; every job's replicas, in order, or (when one fails) its
+    error, with the replicas the others started stopped again."""
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="replica-start") as workers:
+        futures = [workers.submit(job) for job in jobs]
+    failures = [f.exception() for f in futures if f.exception() is not None]
+    if failures:
+        for future in futures:
+            if future.exception() is None:
+                for replica in future.result():
+                    replica.server.stop()
+        raise failures[0]  # type: ignore[misc]
+    return [future.result() for future in futures]
 
 
 def _missing(name: str) -> Deployment:

@@ -126,8 +126,8 @@ def ask(url: str, model: str, timeout_s: float = 10.0) -> tuple[int, Any]:
 class Traffic:
     """A client thread that keeps asking `model` through the front until stopped; what each answer said."""
 
-    def __init__(self, url: str, model: str) -> None:
-        self.url, self.model = url, model
+    def __init__(self, url: str, model: str, *, pause_s: float = 0.0) -> None:
+        self.url, self.model, self.pause_s = url, model, pause_s
         self.answers: list[str] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -148,6 +148,7 @@ class Traffic:
                         self.failures.append(f"{response.status_code}: {response.text[:200]}")
                 except requests.RequestException as exc:
                     self.failures.append(repr(exc))
+                self._stop.wait(self.pause_s)
 
     def __enter__(self) -> Traffic:
         self._thread.start()

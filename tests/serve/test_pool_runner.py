@@ -4,6 +4,7 @@ sending requests all the while (none may fail), failed rollouts reverted, dead r
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,7 @@ def test_scale_down_drains_before_it_stops(world) -> None:  # type: ignore[no-un
 def test_a_dead_replica_is_restarted_and_reported(world) -> None:  # type: ignore[no-untyped-def]
     found, launch, front, runner = world
     runner.reconcile(pool(deployment(_v(found, "v1", 1), replicas=2)))
-    launch.started[0].stop()
+    runner.replicas["tickets"][0].server.stop()
     with Traffic(front.url, "tickets") as traffic:
         lines = runner.supervise()
     assert lines == ["tickets/0 died; restarting it", "tickets/0 restarted (restart 1)"]
@@ -159,3 +160,28 @@ def test_a_dead_replica_is_restarted_and_reported(world) -> None:  # type: ignor
     assert len(launch.running()) == 2 and runner.replicas["tickets"][0].restarts == 1
     assert runner.supervise() == []
     assert any("tickets/0 restarted" in e for e in runner.events)
+
+
+def test_a_pools_servers_start_side_by_side_all_or_none(world) -> None:  # type: ignore[no-untyped-def]
+    found, launch, front, runner = world
+    together = threading.Barrier(3, timeout=20)
+
+    def launch_together(spec, workdir):  # type: ignore[no-untyped-def]
+        together.wait()  # broken unless all three starts are under way at once
+        return launch(spec, workdir)
+
+    runner.launch = launch_together
+    base = deployment(_base(found)).model_copy(update={"name": "base"})
+    runner.reconcile(pool(deployment(_v(found, "v1", 1), replicas=2), base))
+    assert len(launch.running()) == 3
+    assert ask(front.url, "tickets") == (200, "v1") and ask(front.url, "base") == (200, "base")
+
+    # one deployment of a first start fails: the others' servers are stopped again, nothing is routed
+    runner.stop()
+    launch.failing.add(str(found["v2"][0]))
+    runner.launch = launch
+    bad = deployment(_v(found, "v2", 2)).model_copy(update={"name": "other"})
+    with pytest.raises(RolloutFailed, match="did not start"):
+        runner.reconcile(pool(deployment(_v(found, "v1", 1), replicas=2), bad))
+    assert launch.running() == [] and runner.pool == Pool()
+    assert ask(front.url, "tickets")[0] == 404

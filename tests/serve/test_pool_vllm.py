@@ -26,6 +26,9 @@ from lifecycle.train.base import base_manifest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).parents[2]
+# each client waits this long between requests: steady traffic through every change, without the test's own
+# clients taking the cores a new server needs to start (on a 2-core host every vLLM server has one core)
+PAUSE_S = 0.1
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -138,8 +141,8 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         cli(env, work, "promote", "tickets-lora", "2", "--deployment", "base")
         commit = merge(work, "promote/tickets-lora-v2")
         with (
-            Traffic(state.front_url, "tickets-lora") as lora_traffic,
-            Traffic(state.front_url, "tickets") as other,
+            Traffic(state.front_url, "tickets-lora", pause_s=PAUSE_S) as lora_traffic,
+            Traffic(state.front_url, "tickets", pause_s=PAUSE_S) as other,
         ):
             applied = cli(env, work, "apply", "serving/pool.yaml", "--commit", commit, "--pr", "2").stdout
         assert lora_traffic.failures == [] and other.failures == []
@@ -151,7 +154,7 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         # a quantization change: new servers, checked, traffic shifted, old ones stopped
         cli(env, work, "promote", "tickets", "2")
         commit = merge(work, "promote/tickets-v2")
-        with Traffic(state.front_url, "tickets") as traffic:
+        with Traffic(state.front_url, "tickets", pause_s=PAUSE_S) as traffic:
             applied = cli(env, work, "apply", "serving/pool.yaml", "--commit", commit).stdout
         assert traffic.failures == [], traffic.failures[:3]
         assert "replace tickets blue-green" in applied
