@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,15 +31,12 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
-    Tracer,
 )
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from lifecycle.pool.schema import Pool
-from lifecycle.route.audit import Attempt, AuditLog, AuditRecord
-from lifecycle.route.budget import BudgetStore, Reservation, Usage, cost, estimate
+from lifecycle.route.audit import Attempt, AuditRecord
+from lifecycle.route.budget import Reservation, Usage, cost, estimate
 from lifecycle.route.decide import Refusal, RoutePlan, RouteRequest, pick_replica
-from lifecycle.route.load import LoadedPolicy
 from lifecycle.route.metrics import (
     COST,
     FALLBACKS,
@@ -47,13 +45,11 @@ from lifecycle.route.metrics import (
     TIME_TO_FIRST_TOKEN,
     TOKENS,
     UPSTREAM_ATTEMPTS,
-    LabelGuard,
-    label_guard,
     version_label,
 )
-from lifecycle.route.policy import RoutingPolicy, Tenant
-from lifecycle.route.prometheus import RouterMetrics
-from lifecycle.route.targets import ENGINE_PROVIDER, Candidate, Replica, resolve_route
+from lifecycle.route.policy import Tenant
+from lifecycle.route.state import Host, RouterState
+from lifecycle.route.targets import Candidate, Replica
 from lifecycle.route.telemetry import (
     RequestFacts,
     ResponseFacts,
@@ -63,7 +59,6 @@ from lifecycle.route.telemetry import (
     child_context,
     error_type,
     format_traceparent,
-    hmac_key_id,
     parse_traceparent,
     request_facts,
     span_name,
@@ -83,61 +78,6 @@ log = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "error", "rejected"]
 NO_HMAC = "0" * 64  # a request refused before its prompt was read has no prompt to hash
-
-
-@dataclass(frozen=True)
-class RouterState:
-    """Everything a request reads, swapped whole on a reload or a new pool: one request sees one state."""
-
-    loaded: LoadedPolicy
-    pool: Pool
-    guard: LabelGuard
-    upstream_keys: Mapping[str, str]  # upstream name -> its API key
-
-    @property
-    def policy(self) -> RoutingPolicy:
-        return self.loaded.policy
-
-
-def build_state(loaded: LoadedPolicy, pool: Pool, env: Mapping[str, str]) -> RouterState:
-    """The state for a policy and a pool: bounded metric labels from what they name, and the upstreams' keys
-    (from `env`, read once where the router is started)."""
-    policy = loaded.policy
-    versions = {
-        version_label(c.registered_model, c.version)
-        for route in policy.routes
-        for c in resolve_route(route, pool, policy)[0]
-    }
-    guard = label_guard(
-        routes=[r.name for r in policy.routes],
-        tenants=[t.name for t in policy.tenants],
-        versions=versions,
-        backends={u.name for u in policy.upstreams} | {d.name for d in pool.deployments},
-        providers={u.provider for u in policy.upstreams} | {ENGINE_PROVIDER},
-    )
-    keys = {u.name: env[u.api_key_env] for u in policy.upstreams if u.api_key_env and env.get(u.api_key_env)}
-    for u in policy.upstreams:
-        if u.api_key_env and u.name not in keys:
-            log.warning("upstream %s: %s is not set; it is called without a key", u.name, u.api_key_env)
-    return RouterState(loaded=loaded, pool=pool, guard=guard, upstream_keys=keys)
-
-
-class Host(Protocol):
-    """What a flight needs from the router that carries it."""
-
-    hmac_key: bytes
-    audit: AuditLog
-    budgets: BudgetStore | None
-    metrics: RouterMetrics
-    tracer: Tracer
-    client: httpx.AsyncClient | None
-
-    def take(self, replicas: Sequence[Replica], model: str, pick: Any, tried: set[str]) -> Replica | None: ...
-    def took(self, url: str, model: str) -> None: ...
-    def release(self, url: str, model: str, prefix: str | None = None) -> None: ...
-    def spawn(self, work: Awaitable[Any]) -> None: ...
-    def open_flight(self) -> None: ...
-    def close_flight(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -203,7 +143,7 @@ class Flight:
             host=host,
             state=state,
             path=path,
-            request_id=_request_id(),
+            request_id=uuid.uuid4().hex,
             received_at=datetime.now(timezone.utc),
             started=time.monotonic(),
             incoming=incoming,
@@ -426,7 +366,7 @@ class Flight:
             quantization_scheme=candidate.quantization,
             quantization_config_sha256=candidate.quantization_sha256,
             prompt_hmac=self.digest,
-            hmac_key_id=hmac_key_id(self.host.hmac_key),
+            hmac_key_id=self.host.hmac_key_id,
         )
 
     def _end_span(
@@ -522,7 +462,7 @@ class Flight:
                 output_tokens=tokens_out,
                 cost_usd=dollars,
                 prompt_hmac=self.digest,
-                hmac_key_id=hmac_key_id(self.host.hmac_key),
+                hmac_key_id=self.host.hmac_key_id,
                 received_at=self.received_at,
                 finished_at=datetime.now(timezone.utc),
                 outcome=outcome,
@@ -563,9 +503,3 @@ def _token(value: str) -> str:
     """A short name fit for `error.type` and audit outcomes."""
     cleaned = "".join(ch if ch.isalnum() or ch in "_.:-" else "_" for ch in value)[:64]
     return cleaned or "error"
-
-
-def _request_id() -> str:
-    import uuid
-
-    return uuid.uuid4().hex

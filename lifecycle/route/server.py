@@ -53,12 +53,13 @@ from lifecycle.route.decide import (
     plan,
     residency_candidates,
 )
-from lifecycle.route.flight import Flight, RouterState, build_state, refusal_response
+from lifecycle.route.flight import Flight, refusal_response
 from lifecycle.route.health import Backend, HealthChecks, Probe, replicas_from_routes, snapshot
 from lifecycle.route.load import LoadedPolicy, load_policy
 from lifecycle.route.prometheus import RouterMetrics
+from lifecycle.route.state import RouterState, build_state
 from lifecycle.route.targets import Replica, resolve_route
-from lifecycle.route.telemetry import prompt_hmac
+from lifecycle.route.telemetry import hmac_key_id, prompt_hmac
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Router:
         self.audit = audit
         self.budgets = budgets
         self.hmac_key = hmac_key
+        self.hmac_key_id = hmac_key_id(hmac_key)
         self._env = dict(env or {})
         self._pool_given = pool is not None
         self._state = build_state(loaded, pool or loaded.pool, self._env)
@@ -120,7 +122,8 @@ class Router:
             uvicorn.Config(
                 self._app(),
                 log_level="warning",
-                access_log=False,  # an access log is one more place a prompt must never reach
+                access_log=False,
+                server_header=False,  # an access log is one more place a prompt must never reach
                 lifespan="off",
                 loop="asyncio",
                 timeout_graceful_shutdown=5,
@@ -201,6 +204,7 @@ class Router:
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=10)
             await self.client.aclose()
+            await asyncio.get_running_loop().shutdown_default_executor()  # to_thread's workers end too
 
     def spawn(self, work: Awaitable[Any]) -> None:
         """Run `work` as a task of the router's loop that nothing cancels (settling, audit, closing)."""
@@ -260,7 +264,7 @@ class Router:
             for (url, _), n in self._outstanding.items():
                 load[url] = load.get(url, 0) + n
             fresh = [replace(r, prefixes=frozenset(self._prefixes.get(r.url, ()))) for r in fresh]
-            chosen: Replica | None = pick(fresh, load)
+            chosen = pick(fresh, load)
             if chosen is not None:
                 key = (chosen.url, model)
                 self._outstanding[key] = self._outstanding.get(key, 0) + 1

@@ -21,9 +21,12 @@ import httpx
 
 from lifecycle.route.telemetry import ResponseFacts, error_type, response_facts
 
-RETRY_STATUSES = frozenset({408, 429})  # and every 5xx: the next backend may well answer
+# and every 5xx: the next backend may well answer. 401, 403 and 404 from a backend are the router's own
+# misconfiguration (a key, a model id), not the client's to see
+RETRY_STATUSES = frozenset({401, 403, 404, 408, 429})
 MAX_WHOLE_BYTES = 64 * 1024 * 1024  # a non-streamed answer larger than this is an error, not a memory spike
-HOP_BY_HOP = frozenset(
+# hop-by-hop headers, and those the router's own server sets
+NOT_RELAYED = frozenset(
     {
         "connection",
         "keep-alive",
@@ -32,7 +35,8 @@ HOP_BY_HOP = frozenset(
         "te",
         "trailer",
         "upgrade",
-        "content-encoding",
+        "server",
+        "date",
     }
 )
 
@@ -125,7 +129,7 @@ async def attempt(
                     first = chunk
                     break
         first_byte_s = time.monotonic() - started
-        kept = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+        kept = {k: v for k, v in response.headers.items() if k.lower() not in NOT_RELAYED}
         if stream and status == 200 and first:
             return Stream(status, kept, first, first_byte_s, response, chunks, started + deadlines.total_s)
         parts = [first]

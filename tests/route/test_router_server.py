@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -275,6 +276,24 @@ def test_a_stream_that_began_is_never_replayed(world: World) -> None:
     assert [a.backend for a in record.attempts] == ["hosted"] and record.outcome == "error"
 
 
+def test_a_client_that_goes_away_mid_stream_is_settled_and_audited(world: World) -> None:
+    words = " ".join(f"w{i}" for i in range(150))  # about 1.5 s of stream
+    backends = [Backend(r.root, "support", f"support/{i}") for i, r in enumerate(world.replicas)]
+    with world.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json=chat(text=words, stream=True),
+        headers={"Authorization": "Bearer key-product"},
+    ) as answer:
+        chunks = answer.iter_raw()  # held: a dropped iterator closes the connection at once
+        next(chunks)
+        assert sum(world.router.outstanding(b) for b in backends) == 1
+    assert world.router.wait_settled(5)
+    assert world.router.drain(backends, timeout_s=1)
+    [record] = world.records()
+    assert (record.outcome, record.error_type) == ("error", "client_closed")
+
+
 def test_a_stream_is_passed_through_and_settled_with_its_usage(world: World) -> None:
     body = chat(text="a b c", stream=True, stream_options={"include_usage": True})
     seen: list[str] = []
@@ -358,6 +377,15 @@ def test_set_routes_and_drain_serve_the_pool_runner(world: World) -> None:
     assert not world.replicas[0].completions() and len(world.replicas[1].completions()) == 2
     assert world.router.drain([only], timeout_s=1) and world.router.outstanding(only) == 0
     assert set(world.router.routes) == {"support"}
+
+
+def test_stop_ends_the_server_and_leaves_no_thread(world: World) -> None:
+    assert world.post("key-product", chat()).status_code == 200
+    world.router.stop()
+    ours = [t.name for t in threading.enumerate() if t.name == "router" or t.name.startswith("asyncio_")]
+    assert ours == []
+    with pytest.raises(httpx.ConnectError):
+        world.post("key-product", chat())
 
 
 # ------------------------------------------------------------------------------------------ reload

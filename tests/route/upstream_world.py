@@ -35,7 +35,7 @@ class StandIn:
         self.requests: list[Seen] = []
         self.connections: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._http = _Quiet(("127.0.0.1", 0), _handler(self))
         self._http.daemon_threads = True
         self._thread = threading.Thread(
             target=self._http.serve_forever, args=(0.05,), name=f"standin-{name}", daemon=True
@@ -66,6 +66,11 @@ class StandIn:
     def record(self, seen: Seen) -> None:
         with self._lock:
             self.requests.append(seen)
+
+
+class _Quiet(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up mid-answer (the router closing a stream) is expected here
 
 
 def _prompt_words(body: dict[str, Any]) -> list[str]:
