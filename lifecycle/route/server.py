@@ -112,6 +112,7 @@ class Router:
         self._checks = HealthChecks()
         self._health: tuple[object, object, object, Health] | None = None
         self._open_flights = 0
+        self._turn = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.client: httpx.AsyncClient | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -264,6 +265,9 @@ class Router:
             for (url, _), n in self._outstanding.items():
                 load[url] = load.get(url, 0) + n
             fresh = [replace(r, prefixes=frozenset(self._prefixes.get(r.url, ()))) for r in fresh]
+            if fresh:  # ties go to the first: rotate, so that equal replicas take turns
+                self._turn = (self._turn + 1) % len(fresh)
+                fresh = fresh[self._turn :] + fresh[: self._turn]
             chosen = pick(fresh, load)
             if chosen is not None:
                 key = (chosen.url, model)
