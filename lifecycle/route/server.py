@@ -57,7 +57,7 @@ from lifecycle.route.flight import Flight, refusal_response
 from lifecycle.route.health import Backend, HealthChecks, Probe, replicas_from_routes, snapshot
 from lifecycle.route.load import LoadedPolicy, load_policy
 from lifecycle.route.prometheus import RouterMetrics
-from lifecycle.route.state import RouterState, build_state
+from lifecycle.route.state import Pick, RouterState, build_state
 from lifecycle.route.targets import Replica, resolve_route
 from lifecycle.route.telemetry import hmac_key_id, prompt_hmac
 
@@ -257,7 +257,7 @@ class Router:
             time.sleep(0.02)
         return False
 
-    def take(self, replicas: Sequence[Replica], model: str, pick: Any, tried: set[str]) -> Replica | None:
+    def take(self, replicas: Sequence[Replica], model: str, pick: Pick, tried: set[str]) -> Replica | None:
         """Choose a replica not yet tried with `pick(replicas, outstanding)` and count the request on it, in one
         step under the lock so that two requests do not both see it idle."""
         with self._lock:
