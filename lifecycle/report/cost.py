@@ -170,6 +170,13 @@ class _Row:
         )
 
 
+def _recorded(r: AuditRecord) -> Split:
+    """The cost the router recorded, split between input and output in proportion to their tokens."""
+    tokens = r.input_tokens + r.output_tokens
+    ratio = Decimal(r.input_tokens) / tokens if tokens else Decimal(1)
+    return Split(r.cost_usd * ratio, r.cost_usd * (1 - ratio))
+
+
 def record_version(record: AuditRecord) -> VersionKey | None:
     if record.model_name and record.model_version is not None:
         return record.model_name, record.model_version
@@ -289,16 +296,16 @@ def cost_report(
         cell.output_tokens += r.output_tokens
         recorded += r.cost_usd
         if r.cost_class == "pool":
+            # the router charges a pool call what it records ($0: the GPU-hours are paid anyway, and counted here)
+            priced_total += r.cost_usd
             if r.backend in dep_dollars:
                 cell.gpu += share(r, dep_dollars[r.backend], dep_weight[r.backend])
         else:
             sheet = priced(r, prices)
-            if sheet is None:
-                unpriced.add(r.backend or "(none)")
-                ratio = (
-                    Decimal(r.input_tokens) / (r.input_tokens + r.output_tokens) if r.input_tokens + r.output_tokens else Decimal(1)
-                )
-                sheet = Split(r.cost_usd * ratio, r.cost_usd * (1 - ratio))
+            if sheet is None:  # refused before any upstream, or an upstream the sheet does not name
+                if r.backend is not None:
+                    unpriced.add(r.backend)
+                sheet = _recorded(r)
             elif abs(sheet.total - r.cost_usd) > MICRO:
                 mismatches.append(Mismatch(r.request_id, r.backend or "", r.cost_usd, sheet.total))
             priced_total += sheet.total
