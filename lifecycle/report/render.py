@@ -83,7 +83,7 @@ def log_to_mlflow(
 # ---------------------------------------------------------------- cost
 
 
-COST_HEADER = ["", "requests", "input tokens", "output tokens", "hosted/frontier", "GPU-hours", "one-off",
+COST_HEADER = ["requests", "input tokens", "output tokens", "hosted/frontier", "GPU", "one-off",
                "total", "$/M input", "$/M output", "$/M all"]  # fmt: skip
 
 
@@ -133,7 +133,7 @@ def _deployment_cells(report: CostReport) -> list[list[str]]:
             d.version,
             f"{d.replica_hours.quantize(Decimal('0.01'))}",
             f"{d.gpu_hours.quantize(Decimal('0.01'))}",
-            f"${d.price_per_gpu_hour}",
+            f"${d.price_per_gpu_hour:.2f}",
             cents(d.dollars),
             "IDLE" if d.idle else f"{d.input_tokens + d.output_tokens:,}",
         ]
@@ -150,7 +150,8 @@ def cost(report: CostReport) -> Rendered:
         notes.append(
             f"Pool backends not in the pool file (no GPU cost): {', '.join(report.unknown_deployments)}"
         )
-    main = _table(title, COST_HEADER, rows)
+    header = [report.by, *COST_HEADER]
+    main = _table(title, header, rows)
     deployments = _table("Self-hosted deployments", DEPLOYMENT_HEADER, _deployment_cells(report))
     one_off = [f"- {version}: {cents(dollars)}" for version, dollars in report.one_off.items()]
     markdown = "\n".join(
@@ -159,7 +160,7 @@ def cost(report: CostReport) -> Rendered:
             "",
             *(f"**{note}**" if i == 0 else note for i, note in enumerate(notes)),
             "",
-            *_markdown(COST_HEADER, rows),
+            *_markdown(header, rows),
             "",
             "## Self-hosted deployments",
             "",
@@ -201,6 +202,9 @@ def _cost_png(report: CostReport, folder: Path) -> Path:
         ax.barh([i + offset for i in range(len(rows))], [float(v) for v in values], height=0.4, label=label)
     ax.set_yticks(range(len(rows)), keys)
     ax.invert_yaxis()
+    positive = [float(v) for r in rows for v in (r.per_million_input, r.per_million_output) if v]
+    if positive and max(positive) > 100 * min(positive):
+        ax.set_xscale("log")
     ax.set_xlabel("dollars per million tokens")
     ax.set_title(f"Cost per million tokens by {report.by}")
     if rows:
@@ -230,7 +234,7 @@ def breakeven(report: BreakEvenReport) -> Rendered:
         for r in report.results
     ]  # fmt: skip
     options = [
-        [o.name, f"{o.tokens_per_s_per_gpu:,}", str(o.gpus), f"${o.price_per_gpu_hour}", f"{o.utilisation:.0%}",
+        [o.name, f"{o.tokens_per_s_per_gpu:,}", str(o.gpus), f"${o.price_per_gpu_hour:.2f}", f"{o.utilisation:.0%}",
          f"{human(o.replica_tokens_per_day)} tokens, ${o.replica_dollars_per_day:.2f}", f"${o.floor_per_million:.4f}"]
         for o in report.options
     ]  # fmt: skip
