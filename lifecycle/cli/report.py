@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lifecycle.pool.schema import Pool
     from lifecycle.report.render import Rendered
     from lifecycle.route.audit import AuditSnapshot
+    from lifecycle.route.load import LoadedPolicy
     from lifecycle.route.policy import RoutingPolicy
     from lifecycle.settings import Settings
 
@@ -107,7 +108,7 @@ def cost(
             one_off=costs,
             output_weight=_decimal(output_weight, "--output-weight"),
         )
-        _emit(render.cost(report), out, settings, mlflow, {"lifecycle.report.by": by})
+        _emit(render.cost(report, snapshot.chain), out, settings, mlflow, {"lifecycle.report.by": by})
 
 
 @app.command("breakeven")
@@ -198,6 +199,12 @@ def residency(
     key: Path | None = typer.Option(
         None, "--key", help="Signing key for --export: an Ed25519 private key (PEM) or an HMAC secret file."
     ),
+    policy: Path | None = typer.Option(
+        None,
+        "--policy",
+        help="Judge each backend by the residency this routing policy and its pool give it now, not by what "
+        "its records say.",
+    ),
     out: Path | None = OutOpt,
     mlflow: bool = MlflowOpt,
 ) -> None:
@@ -215,9 +222,13 @@ def residency(
         path = _audit_path(audit, settings)
         snapshot = _snapshot(audit, settings)
         starting = _time(since, "--since")
-        report = residency_report(
-            snapshot.records, tenant, starting, residency_lookup(ALLOWED_RESIDENCIES), chain=snapshot.chain
-        )
+        backends = None
+        if policy is not None:
+            loaded = _loaded_policy(policy)
+            backends = {u.name: u.residency for u in loaded.policy.upstreams}
+            backends |= {d.name: d.residency for d in loaded.pool.deployments}
+        lookup = residency_lookup(ALLOWED_RESIDENCIES, backends)
+        report = residency_report(snapshot.records, tenant, starting, lookup, chain=snapshot.chain)
         _emit(render.residency(report), out, settings, mlflow, {"lifecycle.report.tenant": tenant})
         if export is not None and key is not None:
             from lifecycle.route.export import export as write_export
@@ -337,6 +348,14 @@ def _policy(path: Path, pool: Pool | None, *, required: bool) -> RoutingPolicy:
             raise UserInputError(f"{path}: no routing policy here (--policy names another)")
         return RoutingPolicy()
     return load_policy(path, pool).policy
+
+
+def _loaded_policy(path: Path) -> LoadedPolicy:
+    from lifecycle.route.load import load_policy
+
+    if not path.is_file():
+        raise UserInputError(f"{path}: no routing policy here")
+    return load_policy(path)
 
 
 def _registry_costs(settings: Settings, versions: set[tuple[str, int]]) -> dict[tuple[str, int], Decimal]:

@@ -20,6 +20,7 @@ from lifecycle.report import residency as residency_report
 from lifecycle.report.breakeven import BreakEvenReport, human
 from lifecycle.report.cost import CostReport, CostRow, cents, per_million
 from lifecycle.report.ops import OpsReport
+from lifecycle.route.chain import ChainReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -141,11 +142,14 @@ def _deployment_cells(report: CostReport) -> list[list[str]]:
     ]
 
 
-def cost(report: CostReport) -> Rendered:
+def cost(report: CostReport, chain: ChainReport | None = None) -> Rendered:
+    """The cost report; with `chain` (the audit log's check), whether its records can be trusted complete."""
     title = f"Cost per million tokens by {report.by}, {_period(report)}"
     total = report.total
     rows = [_cost_cells(r) for r in report.rows] + [_cost_cells(total)]
     notes = [_reconciled(report)]
+    if chain is not None:
+        notes.append(f"Audit log: {chain.summary()}")
     if report.unknown_deployments:
         notes.append(
             f"Pool backends not in the pool file (no GPU cost): {', '.join(report.unknown_deployments)}"
@@ -185,6 +189,8 @@ def cost(report: CostReport) -> Rendered:
         "requests": float(total.requests),
         "reconciled": 1.0 if report.reconciliation.ok else 0.0,
     }
+    if chain is not None:
+        metrics["chain_ok"] = 1.0 if chain.ok else 0.0
     if total.per_million is not None:
         metrics["usd_per_million_tokens"] = float(total.per_million)
     return Rendered("cost", title, markdown + "\n", (main, deployments), metrics, (lambda f: _cost_png(report, f),),

@@ -125,6 +125,10 @@ def test_residency_lists_the_planted_misroute_first_and_signs_the_export(home: P
     checked = verify_export(export, private.public_key())
     assert checked.ok and checked.records == 1 and checked.chain_ok
 
+    judged = run("residency", "--tenant", "regulated", "--audit", copy, "--policy", home.parent / "routing.yaml",
+                 "--no-mlflow", "--out", out)  # fmt: skip
+    assert judged.exit_code == 1 and "req-96" in judged.output  # the policy in force says the same
+
     clean = run("residency", "--tenant", "acme", "--no-mlflow", "--out", out)  # the log the router wrote
     assert clean.exit_code == 0, clean.output
     assert (
@@ -150,6 +154,8 @@ def test_a_record_deleted_or_edited_in_the_middle_is_detected(
     result = run("residency", "--tenant", "acme", "--audit", copy, "--no-mlflow", "--out", home / "out")
     assert result.exit_code == 1, result.output
     assert "chain BROKEN" in result.output and kind in result.output
+    costed = run("cost", "--audit", copy, *files(home), "--no-registry", "--no-mlflow", "--out", home / "out")
+    assert costed.exit_code == 0 and "Audit log: chain BROKEN" in costed.output  # the bill says it too
 
 
 def test_ops_from_saved_metrics_and_status(home: Path, tmp_path: Path) -> None:
@@ -189,6 +195,16 @@ def test_bad_input_is_one_line_and_exit_2(home: Path, args: list[str], message: 
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_times_absolute_and_relative() -> None:
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 3, 8, 12, 0, tzinfo=timezone.utc)
+    assert cli._time("7d", "--since", now) == datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    assert cli._time("90m", "--since", now) == datetime(2026, 3, 8, 10, 30, tzinfo=timezone.utc)
+    assert cli._time("2026-03-01", "--since") == datetime(2026, 3, 1, tzinfo=timezone.utc)
+    assert cli._time("2026-03-01T01:00:00+01:00", "--since") == datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
 def test_help_imports_nothing_heavy() -> None:
