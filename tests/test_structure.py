@@ -38,6 +38,9 @@ COMMANDS = [
     "rollback",
     "serve",
     "apply",
+    "report",
+    "report cost",
+    "report residency",
 ]
 
 

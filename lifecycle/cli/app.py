@@ -13,7 +13,20 @@ import typer
 from rich.markup import escape
 
 from lifecycle import interrupt
-from lifecycle.cli import apply, doctor, jobs, promote, runs, serve, stages, train, validate, verify, worker
+from lifecycle.cli import (
+    apply,
+    doctor,
+    jobs,
+    promote,
+    report,
+    runs,
+    serve,
+    stages,
+    train,
+    validate,
+    verify,
+    worker,
+)
 from lifecycle.cli.output import console_err
 from lifecycle.errors import LifecycleError
 
@@ -38,6 +51,7 @@ app.command("serve")(serve.serve)
 app.command("apply")(apply.apply)
 app.command("ui")(runs.ui)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(report.app, name="report")
 app.add_typer(worker.app, name="worker", hidden=True)
 
 

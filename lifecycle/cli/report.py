@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from lifecycle.cli.output import console, console_err
 from lifecycle.errors import LifecycleError, RecipeError, UserInputError
+from lifecycle.serve.routing import audit_path
 
 if TYPE_CHECKING:
     from lifecycle.pool.schema import Pool
@@ -33,7 +34,6 @@ app = typer.Typer(
     help="Reports: cost per million tokens, self-hosting break-even, tenants' data residency, operations.",
     no_args_is_help=True,
 )
-AUDIT_LOG = Path("router") / "audit.jsonl"  # under LIFECYCLE_HOME
 _RELATIVE = re.compile(r"^(\d+)\s*([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 
@@ -319,7 +319,7 @@ def _emit(
 
 
 def _audit_path(audit: Path | None, settings: Settings) -> Path:
-    return audit if audit is not None else settings.home / AUDIT_LOG
+    return audit if audit is not None else audit_path(settings)
 
 
 def _snapshot(audit: Path | None, settings: Settings) -> AuditSnapshot:

@@ -11,11 +11,13 @@ import typer
 from rich.table import Table
 
 from lifecycle.cli.output import console, console_err
+from lifecycle.serve.routing import audit_path, policy_for, router_endpoint
 
 if TYPE_CHECKING:
     from lifecycle.cli.context import Context
     from lifecycle.pool.load import LoadedPool
     from lifecycle.promote.versions import OnDemandVersions
+    from lifecycle.route.load import LoadedPolicy
     from lifecycle.settings import Settings
 
 DEFAULT_POOL = Path("serving/pool.yaml")
@@ -27,6 +29,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Where the pool's endpoint listens."),
     port: int = typer.Option(8000, "--port", help="The pool's endpoint port (0: any free port)."),
     as_json: bool = typer.Option(False, "--json", help="With --status: the status as JSON."),
+    policy: Path | None = typer.Option(
+        None,
+        "--policy",
+        help="The routing policy (API keys, tenants, routes, upstreams); default: routing.yaml beside the pool file.",
+    ),
+    no_policy: bool = typer.Option(
+        False, "--no-policy", help="No router: serve the pool's names to anyone who can reach the port."
+    ),
 ) -> None:
     """Run the serving pool on this machine, behind one OpenAI-compatible endpoint.
 
@@ -39,10 +49,10 @@ def serve(
     if status:
         _status(ctx.settings, as_json)
         return
-    _serve(ctx, pool, host, port)
+    _serve(ctx, pool, host, port, None if no_policy else policy_for(pool, policy))
 
 
-def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
+def _serve(ctx: Context, pool: Path, host: str, port: int, policy: Path | None) -> None:
     from lifecycle.cli.pool import load_or_exit
     from lifecycle.promote.versions import OnDemandVersions
     from lifecycle.serve.artifacts import Artifacts
@@ -51,6 +61,11 @@ def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
 
     loaded = load_or_exit(pool)
     settings = ctx.settings
+    endpoint = None
+    if policy is not None:  # the router decides who reaches what, and records where each request went
+        endpoint = router_endpoint(
+            _policy_or_exit(policy, loaded), loaded.pool, settings, host=host, port=port
+        )
     versions = OnDemandVersions(settings)
     say = lambda line: console.print(line, markup=False, soft_wrap=True)  # noqa: E731
     running = RunningPool(
@@ -62,18 +77,36 @@ def _serve(ctx: Context, pool: Path, host: str, port: int) -> None:
         host=host,
         port=port,
         say=say,
+        endpoint=endpoint,
     )
     try:
         _aliases_follow(versions, loaded)
         names = sorted(running.front.routes)
+        routed = f", routed by {policy} (audit log {audit_path(settings)})" if policy is not None else ""
         console.print(
-            f"[green]serving[/] {pool} at {running.url}/v1 ({', '.join(names) or 'no deployments'}); "
+            f"[green]serving[/] {pool} at {running.url}/v1 ({', '.join(names) or 'no deployments'}{routed}); "
             "Ctrl-C stops it",
             soft_wrap=True,
         )
         running.supervise_until_stopped()
     finally:
         running.stop()
+
+
+def _policy_or_exit(path: Path, loaded: LoadedPool) -> LoadedPolicy:
+    """The routing policy validated against the pool being served, or every problem printed and exit code 2."""
+    from lifecycle.errors import RecipeError, UserInputError
+    from lifecycle.route.load import load_policy
+
+    try:
+        return load_policy(path, loaded.pool)
+    except RecipeError as exc:
+        for problem in exc.problems:
+            console_err.print(problem, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except UserInputError as exc:
+        console_err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _aliases_follow(versions: OnDemandVersions, loaded: LoadedPool) -> None:

@@ -79,8 +79,9 @@ class Front:
     def routes(self) -> Mapping[str, tuple[Backend, ...]]:
         return self._routes
 
-    def set_routes(self, routes: Mapping[str, Sequence[Backend]]) -> None:
-        """Replace the routing table at once: a request sees the old table or the new, never a mix."""
+    def set_routes(self, routes: Mapping[str, Sequence[Backend]], *, pool: object = None) -> None:
+        """Replace the routing table at once: a request sees the old table or the new, never a mix. (`pool`,
+        the pool the routes come from, matters to the router, not here: the front routes by served name.)"""
         table = {name: tuple(backends) for name, backends in routes.items() if backends}
         with self._lock:
             self._routes = table

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from lifecycle.pool import diff as pool_diff
 from lifecycle.pool.engine import lora_capable, replica_spec
 from lifecycle.pool.schema import Deployment, Pool
 from lifecycle.serve.artifacts import Artifacts
-from lifecycle.serve.front import Backend, Front
+from lifecycle.serve.front import Backend
 
 SMOKE_PROMPTS = ("The capital of France is", "def add(a, b):")
 SMOKE_TOKENS = 4
@@ -50,6 +50,21 @@ class Server(Protocol):
     def running(self) -> bool: ...
     def load_lora(self, name: str, path: Path, *, inplace: bool = False) -> None: ...
     def unload_lora(self, name: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Endpoint(Protocol):
+    """What clients reach the pool through: the plain front (lifecycle.serve.front.Front), or the router
+    (lifecycle.route.server.Router) when a routing policy decides who may reach what."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def routes(self) -> Mapping[str, Sequence[object]]: ...  # served name -> its live replicas
+    def set_routes(self, routes: Mapping[str, Sequence[Backend]], *, pool: Pool | None = None) -> None: ...
+    def drain(
+        self, backends: Iterable[Backend], timeout_s: float = 120.0, *, model: str | None = None
+    ) -> bool: ...
     def stop(self) -> None: ...
 
 
@@ -92,7 +107,7 @@ class PoolRunner:
         launch: Launch,
         artifacts: Artifacts,
         workdir: Path,
-        front: Front,
+        front: Endpoint,
         *,
         say: Callable[[str], None] = lambda line: None,
         smoke_prompts: Sequence[str] = SMOKE_PROMPTS,
@@ -298,7 +313,7 @@ class PoolRunner:
             live = [r.backend for r in self.replicas.get(deployment.name, []) if r.alive]
             for name in deployment.served_names:
                 routes[name] = live
-        self.front.set_routes(routes)
+        self.front.set_routes(routes, pool=pool)
 
     def supervise(self) -> list[str]:
         """One pass: restart each dead replica with the spec it last ran; what happened, a line each. Skipped

@@ -14,6 +14,7 @@ from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from lifecycle.cli import report as cli
+from lifecycle.serve.routing import AUDIT_LOG
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -26,7 +27,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(cli, "console", Console(width=250))
     monkeypatch.setattr(cli, "console_err", Console(width=250, stderr=True))
-    write_traffic(home / cli.AUDIT_LOG)
+    write_traffic(home / AUDIT_LOG)
     (tmp_path / "pool.yaml").write_text(json.dumps(POOL.model_dump(mode="json"), indent=1))
     (tmp_path / "routing.yaml").write_text(json.dumps(POLICY.model_dump(mode="json", exclude_defaults=True)))
     return home
@@ -108,7 +109,7 @@ def test_residency_lists_the_planted_misroute_first_and_signs_the_export(home: P
     from lifecycle.route.export import verify_export
 
     copy = tmp_path / "copy.jsonl"
-    plant_misroute(home / cli.AUDIT_LOG, copy)
+    plant_misroute(home / AUDIT_LOG, copy)
     private = Ed25519PrivateKey.generate()
     key = tmp_path / "signing.pem"
     key.write_bytes(private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
@@ -142,7 +143,7 @@ def test_residency_lists_the_planted_misroute_first_and_signs_the_export(home: P
 def test_a_record_deleted_or_edited_in_the_middle_is_detected(
     home: Path, tmp_path: Path, change: str, kind: str
 ) -> None:
-    lines = (home / cli.AUDIT_LOG).read_bytes().splitlines()
+    lines = (home / AUDIT_LOG).read_bytes().splitlines()
     if change == "edit":  # fewer tokens, so a smaller bill
         obj = json.loads(lines[20])
         obj["output_tokens"] = 1
