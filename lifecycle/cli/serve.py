@@ -40,9 +40,11 @@ def serve(
 ) -> None:
     """Run the serving pool on this machine, behind one OpenAI-compatible endpoint.
 
-    Artifacts are fetched from the registry and verified against their manifests, vLLM servers from the serving environment, adapters loaded,
-    each replica checked with real completions before it gets traffic; dead replicas are restarted. Ctrl-C stops
-    everything. Change a running pool with `lifecycle apply`."""
+    Artifacts are fetched from the registry and verified against their manifests, vLLM servers started from the
+    serving environment, adapters loaded, each replica checked with real completions before it gets traffic;
+    dead replicas are restarted. With a routing policy the endpoint is the router: API keys, residency, prompt
+    shape, cost class, fallbacks, budgets, spans and an audit record per request. Ctrl-C stops everything. Change
+    a running pool with `lifecycle apply`."""
     from lifecycle.cli.context import load_context
 
     ctx = load_context()
