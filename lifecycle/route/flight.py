@@ -22,7 +22,6 @@ from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from opentelemetry import trace
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -64,6 +63,7 @@ from lifecycle.route.telemetry import (
     span_name,
 )
 from lifecycle.route.upstream import (
+    TRANSPORT_ERRORS,
     Deadlines,
     Stream,
     StreamFacts,
@@ -316,7 +316,7 @@ class Flight:
                 seen.feed(chunk)
                 yield chunk
             complete = True
-        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             error = failure_name(exc)
             yield sse_error_event(error)
         finally:

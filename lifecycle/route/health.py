@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
+import aiohttp
 
 from lifecycle.route.decide import Health
 from lifecycle.route.policy import Health as HealthRules
 from lifecycle.route.targets import Replica
+from lifecycle.route.upstream import TRANSPORT_ERRORS, Client
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class HealthChecks:
     def __init__(self) -> None:
         self.standings: Mapping[str, Standing] = {}  # replaced whole, never changed in place
 
-    async def check(self, client: httpx.AsyncClient, probes: Sequence[Probe], rules: HealthRules) -> None:
+    async def check(self, client: Client, probes: Sequence[Probe], rules: HealthRules) -> None:
         """Check every probe once, concurrently; forget backends that are no longer probed."""
         results = await asyncio.gather(*(self._ok(client, p, rules.timeout_s) for p in probes))
         fresh: dict[str, Standing] = {}
@@ -107,9 +108,11 @@ class HealthChecks:
         self.standings = fresh
 
     @staticmethod
-    async def _ok(client: httpx.AsyncClient, probe: Probe, timeout_s: float) -> bool:
+    async def _ok(client: Client, probe: Probe, timeout_s: float) -> bool:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            response = await client.get(probe.url, headers=dict(probe.headers), timeout=timeout_s)
-        except (httpx.HTTPError, OSError):
+            async with client.get(probe.url, headers=dict(probe.headers), timeout=timeout) as response:
+                await response.read()  # read to the end, so that the connection is kept for the next check
+                return response.status < 300
+        except TRANSPORT_ERRORS:
             return False
-        return response.status_code < 300

@@ -30,7 +30,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
@@ -60,6 +59,7 @@ from lifecycle.route.prometheus import RouterMetrics
 from lifecycle.route.state import Pick, RouterState, build_state
 from lifecycle.route.targets import Replica, resolve_route
 from lifecycle.route.telemetry import hmac_key_id, prompt_hmac
+from lifecycle.route.upstream import Client, open_client
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Router:
         self._open_flights = 0
         self._turn = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.client: httpx.AsyncClient | None = None
+        self.client: Client | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         # IPPROTO_TCP named: asyncio sets TCP_NODELAY on accepted connections only then (else ~40 ms per answer)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -191,9 +191,7 @@ class Router:
             loop.close()
 
     async def _main(self) -> None:
-        self.client = httpx.AsyncClient(
-            timeout=None, limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        )
+        self.client = open_client()
         background = [asyncio.create_task(self._health_loop())]
         if self._watch_every_s:
             background.append(asyncio.create_task(self._watch_loop(self._watch_every_s)))
@@ -205,7 +203,8 @@ class Router:
             await asyncio.gather(*background, return_exceptions=True)
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=10)
-            await self.client.aclose()
+            await self.client.close()
+            await asyncio.sleep(0)  # the closed connections' transports finish closing before the loop does
             await asyncio.get_running_loop().shutdown_default_executor()  # to_thread's workers end too
 
     def spawn(self, work: Awaitable[Any]) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
 from opentelemetry.trace import Tracer
 
 from lifecycle.pool.schema import Pool
@@ -19,6 +18,7 @@ from lifecycle.route.metrics import LabelGuard, label_guard, version_label
 from lifecycle.route.policy import RoutingPolicy
 from lifecycle.route.prometheus import RouterMetrics
 from lifecycle.route.targets import ENGINE_PROVIDER, Replica, resolve_route
+from lifecycle.route.upstream import Client
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Host(Protocol):
     budgets: BudgetStore | None
     metrics: RouterMetrics
     tracer: Tracer
-    client: httpx.AsyncClient | None
+    client: Client | None
 
     def take(
         self, replicas: Sequence[Replica], model: str, pick: Pick, tried: set[str]

@@ -1,4 +1,4 @@
-"""One attempt at one backend, over httpx: the request goes out, and either the answer's first byte comes back in
+"""One attempt at one backend, over aiohttp: the request goes out, and either the answer's first byte comes back in
 time or the attempt fails with a short error name (`UpstreamFailed`), so that the router may try the next backend
 while nothing has reached the client yet.
 
@@ -6,6 +6,9 @@ A non-streamed answer is read whole before the client sees any of it (it is one 
 while generating it can still be replaced); a stream is handed over after its first chunk and then passed on
 chunk by chunk. `StreamFacts` reads the chunks as they go by, keeping only what spans and budgets need (model,
 id, finish reasons, usage, a count of content pieces), never the content.
+
+This is the only module that knows the HTTP client: `open_client` makes the router's one connection pool, and
+`TRANSPORT_ERRORS` are what a broken connection raises.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import anyio
-import httpx
 
 from lifecycle.route.telemetry import ResponseFacts, error_type, response_facts
 
@@ -39,6 +42,27 @@ NOT_RELAYED = frozenset(
         "date",
     }
 )
+MAX_CONNECTIONS = 1024  # to all backends together
+KEEPALIVE_S = 5.0  # an idle connection is closed after this long
+# what a connection that fails, breaks off or times out raises (aiohttp's timeouts are ClientErrors too)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+
+Client = aiohttp.ClientSession
+
+
+def open_client() -> Client:
+    """The router's connection pool, shared by every attempt and health check; call on the router's loop and
+    `await client.close()` on it. No proxy or netrc from the environment: backends are reached directly, and
+    nothing is read from disk per request. Bodies are passed on as they come (no decompression; the router
+    asks for `identity` anyway)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
+        ),
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=False,
+        trust_env=False,
+    )
 
 
 class UpstreamFailed(Exception):
@@ -75,7 +99,7 @@ class Stream:
     headers: dict[str, str]
     first: bytes
     first_byte_s: float
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     chunks: AsyncIterator[bytes]
     deadline: float  # time.monotonic() by which the whole answer must be in
 
@@ -93,11 +117,13 @@ class Stream:
                 yield chunk
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        """Give the connection back: kept alive when the answer was read to its end, closed otherwise (so that a
+        backend whose client went away stops generating)."""
+        self.response.release()
 
 
 async def attempt(
-    client: httpx.AsyncClient,
+    client: Client,
     url: str,
     body: bytes,
     headers: Mapping[str, str],
@@ -108,28 +134,28 @@ async def attempt(
     """POST `body` to `url`. Returns the answer once its first byte is here (a stream) or all of it (otherwise);
     raises UpstreamFailed for a connect error, a timeout before the first byte, or a retryable status."""
     started = time.monotonic()
-    timeout = httpx.Timeout(
+    # sock_read: the longest wait for any read, as the first byte's; the total deadline is kept here
+    timeout = aiohttp.ClientTimeout(
+        total=None,
         connect=deadlines.connect_s,
-        read=deadlines.first_byte_s,
-        write=deadlines.connect_s,
-        pool=deadlines.connect_s,
+        sock_connect=deadlines.connect_s,
+        sock_read=deadlines.first_byte_s,
     )
-    request = client.build_request("POST", url, content=body, headers=headers, timeout=timeout)
-    response: httpx.Response | None = None
+    response: aiohttp.ClientResponse | None = None
     try:
         with anyio.fail_after(deadlines.first_byte_s):
-            response = await client.send(request, stream=True)
-            status = response.status_code
+            response = await client.post(url, data=body, headers=headers, timeout=timeout)
+            status = response.status
             if status in RETRY_STATUSES or status >= 500:
                 raise UpstreamFailed(str(status))
-            chunks = response.aiter_raw()
+            chunks = response.content.iter_any()
             first = b""
             async for chunk in chunks:
                 if chunk:
                     first = chunk
                     break
         first_byte_s = time.monotonic() - started
-        kept = {k: v for k, v in response.headers.items() if k.lower() not in NOT_RELAYED}
+        kept = _relayed(response.headers)
         if stream and status == 200 and first:
             return Stream(status, kept, first, first_byte_s, response, chunks, started + deadlines.total_s)
         parts = [first]
@@ -140,21 +166,37 @@ async def attempt(
                 size += len(chunk)
                 if size > MAX_WHOLE_BYTES:
                     raise UpstreamFailed("too_large")
-        await response.aclose()
+        response.release()
         return Whole(status, kept, b"".join(parts), first_byte_s)
     except UpstreamFailed:
         if response is not None:
-            await response.aclose()
+            response.close()
         raise
-    except (httpx.HTTPError, OSError, TimeoutError) as exc:
+    except TRANSPORT_ERRORS as exc:
         if response is not None:
-            await response.aclose()
+            response.close()
         raise UpstreamFailed(failure_name(exc)) from None
+    except BaseException:  # cancelled (the client went away): the connection is not given back half-read
+        if response is not None:
+            response.close()
+        raise
+
+
+def _relayed(headers: Mapping[str, str]) -> dict[str, str]:
+    """The backend's headers the client gets: hop-by-hop ones dropped, repeated ones joined as HTTP allows."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered not in NOT_RELAYED:
+            kept[lowered] = f"{kept[lowered]}, {value}" if lowered in kept else value
+    return kept
 
 
 def failure_name(exc: BaseException) -> str:
     """`error.type` for a failed attempt: timeout, connect, or the exception's class."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | ConnectionRefusedError):
+    if isinstance(
+        exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | ConnectionRefusedError
+    ):
         return "connect"
     return error_type(exc=exc) or "error"
 
