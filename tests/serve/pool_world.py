@@ -126,8 +126,9 @@ def ask(url: str, model: str, timeout_s: float = 10.0) -> tuple[int, Any]:
 class Traffic:
     """A client thread that keeps asking `model` through the front until stopped; what each answer said."""
 
-    def __init__(self, url: str, model: str, *, pause_s: float = 0.0) -> None:
+    def __init__(self, url: str, model: str, *, pause_s: float = 0.0, key: str | None = None) -> None:
         self.url, self.model, self.pause_s = url, model, pause_s
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.answers: list[str] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -135,6 +136,7 @@ class Traffic:
 
     def _run(self) -> None:
         with requests.Session() as session:
+            session.headers.update(self.headers)
             while not self._stop.is_set():
                 try:
                     response = session.post(

@@ -1,7 +1,9 @@
 """The whole loop against real vLLM (CPU), as a team runs it: promote v1 (pull request branch, merged), serve the
-pool, promote an adapter's next version and then a quantization change, each merged and applied while clients
-send requests through the pool's endpoint all the while; every request answered, the aliases moved only after
-the pool serves the new version, and Ctrl-C leaves no server behind."""
+pool behind the router (a routing policy beside the pool file), promote an adapter's next version and then a
+quantization change, each merged and applied while clients send requests through the router all the while; every
+request answered, the aliases moved only after the pool serves the new version, a vLLM server killed under load
+costs no request (the route falls back), every request audited without its text, and Ctrl-C leaves no server
+behind."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from pool_world import Traffic
+from pool_world import QUESTION, Traffic
 from registered_world import register_version
 
 from lifecycle.registry.models import Registry
 from lifecycle.registry.tracking import Tracker
 from lifecycle.results import QuantizeResult, TrainResult
+from lifecycle.route.audit import read_log
+from lifecycle.route.policy import hash_key
 from lifecycle.runs import RunDir
 from lifecycle.serve.control import ServeState
 from lifecycle.train.base import base_manifest
@@ -29,6 +33,22 @@ REPO = Path(__file__).parents[2]
 # each client waits this long between requests: steady traffic through every change, without the test's own
 # clients taking the cores a new server needs to start (on a 2-core host every vLLM server has one core)
 PAUSE_S = 0.1
+KEY = "sk-support-team"
+ROUTING = f"""\
+tenants:
+  - name: support
+    keys: [{hash_key(KEY)}]
+    cost_classes: [pool]
+    residency: self_hosted
+routes:
+  - name: tickets
+    targets: [tickets]
+  - name: tickets-lora
+    targets: [tickets-lora]
+  - name: tickets-or-base
+    targets: [tickets, base]
+health: {{interval_s: 1, timeout_s: 1, unhealthy_after: 1, healthy_after: 1}}
+"""
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -91,6 +111,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, lora_run: RunDir, api, serve
         "    gpus_per_replica: 0\n"
         "    price_per_gpu_hour: 0.0\n"
     )
+    (work / "serving" / "routing.yaml").write_text(ROUTING)
     git(work, "add", ".")
     git(work, "commit", "-q", "-m", "serve the base weights")
     git(work, "remote", "add", "origin", str(remote))
@@ -141,8 +162,8 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         cli(env, work, "promote", "tickets-lora", "2", "--deployment", "base")
         commit = merge(work, "promote/tickets-lora-v2")
         with (
-            Traffic(state.front_url, "tickets-lora", pause_s=PAUSE_S) as lora_traffic,
-            Traffic(state.front_url, "tickets", pause_s=PAUSE_S) as other,
+            Traffic(state.front_url, "tickets-lora", pause_s=PAUSE_S, key=KEY) as lora_traffic,
+            Traffic(state.front_url, "tickets", pause_s=PAUSE_S, key=KEY) as other,
         ):
             applied = cli(env, work, "apply", "serving/pool.yaml", "--commit", commit, "--pr", "2").stdout
         assert lora_traffic.failures == [] and other.failures == []
@@ -154,7 +175,7 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         # a quantization change: new servers, checked, traffic shifted, old ones stopped
         cli(env, work, "promote", "tickets", "2")
         commit = merge(work, "promote/tickets-v2")
-        with Traffic(state.front_url, "tickets", pause_s=PAUSE_S) as traffic:
+        with Traffic(state.front_url, "tickets", pause_s=PAUSE_S, key=KEY) as traffic:
             applied = cli(env, work, "apply", "serving/pool.yaml", "--commit", commit).stdout
         assert traffic.failures == [], traffic.failures[:3]
         assert "replace tickets blue-green" in applied
@@ -163,6 +184,15 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         assert "tickets v2 (none)" in [d["serves"] for d in status["deployments"]]
         again = cli(env, work, "apply", "serving/pool.yaml").stdout
         assert "nothing to do" in again
+
+        # a server killed under load: the route's next backend answers, nothing fails; the pool restarts it
+        with Traffic(state.front_url, "tickets-or-base", pause_s=PAUSE_S, key=KEY) as fallback:
+            os.kill(_vllm_pid(state.pid, "tickets"), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while len(fallback.answers) < 20 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert fallback.failures == [], fallback.failures[:3]
+        assert len(fallback.answers) >= 20
         pids = _server_pids(state.pid)
     finally:
         server.send_signal(signal.SIGINT)
@@ -171,6 +201,17 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
     time.sleep(1)
     assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
     assert not state_file.exists()
+
+    # every request through the router left one record: which version answered, where it fell back; never text
+    audit = home / "router" / "audit.jsonl"
+    logged = read_log(audit)
+    assert logged.chain.ok, logged.chain.summary()
+    records = [r.record for r in logged.records]
+    assert {r.outcome for r in records} == {"ok"}
+    served = {(r.route, r.model_name, r.model_version) for r in records}
+    assert {("tickets", "tickets", 1), ("tickets", "tickets", 2)} <= served
+    assert any(r.route == "tickets-or-base" and r.backend == "base" for r in records)
+    assert QUESTION.encode() not in audit.read_bytes()
 
 
 def _server_pids(parent: int) -> list[int]:
@@ -185,3 +226,17 @@ def _server_pids(parent: int) -> list[int]:
         found += [int(c) for c in children]
         frontier += [int(c) for c in children]
     return found
+
+
+def _vllm_pid(parent: int, served: str) -> int:
+    """The vLLM API server process serving `served` below `parent`."""
+    for pid in _server_pids(parent):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in argv and served.encode() in argv:
+            i = argv.index(b"--served-model-name")
+            if argv[i + 1] == served.encode():
+                return pid
+    raise AssertionError(f"no vLLM server for {served!r} under {parent}")
