@@ -190,9 +190,8 @@ def test_the_cost_report_reconciles_with_the_records_and_the_stand_ins_bills(
     ]
     assert (fallback.cost_class, fallback.model_name) == ("hosted", None)
     recorded = sum((r.cost_usd for r in traffic.records), Decimal(0))
-    assert abs(recorded - hosted[2] - frontier[2]) < MICRO * len(
-        traffic.records
-    )  # each record: a float's Decimal
+    # each record holds its cost as the Decimal of a float: within a micro-dollar of the exact price
+    assert abs(recorded - hosted[2] - frontier[2]) < MICRO * len(traffic.records)
 
     report = cost_report(traffic.records, POOL, PRICES, by="cost-class")
     rec = report.reconciliation
