@@ -1,6 +1,7 @@
 """One request through the router, from the moment it arrives to its audit record: the backends of its plan tried
 in order until one answers (`fly`), the answer handed to the client (whole, or streamed as it comes), and at the
-end, whatever happened, exactly once: the budget settled with the real usage, one audit record, the metrics.
+end, whatever happened, exactly once: the metrics, and (handed to the router's writer thread, so that the answer
+does not wait for the disk) the budget settled with the real usage and one audit record.
 
 Spans: one SERVER span for the request (child of the client's `traceparent`), and under it one CLIENT span per
 upstream attempt with the GenAI attributes (`telemetry.attempt_attributes`); the attempt span's own context goes
@@ -15,13 +16,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -31,7 +33,6 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
-from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from lifecycle.route.audit import Attempt, AuditRecord
 from lifecycle.route.budget import Reservation, Usage, cost, estimate
@@ -87,8 +88,14 @@ class Destination:
     replica: bool
 
 
-def refusal_response(refusal: Refusal) -> Response:
-    return JSONResponse(refusal.error_body(), status_code=refusal.status)
+def json_response(content: Any, status: int = 200) -> web.Response:
+    """A JSON answer, compact and UTF-8, typed `application/json`."""
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return web.Response(body=text.encode(), status=status, content_type="application/json")
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    return json_response(refusal.error_body(), refusal.status)
 
 
 def _hex(context: SpanContext) -> TraceContext:
@@ -175,15 +182,16 @@ class Flight:
         self.reservation = held
         return None
 
-    def refuse(self, refusal: Refusal) -> Response:
+    def refuse(self, refusal: Refusal) -> web.Response:
         """The router's own answer; the request is counted, and audited once its tenant and prompt are known."""
         self._close(
             None, None, None, "rejected", refusal.code if refusal.status != 429 else "429", refusal.status
         )
         return refusal_response(refusal)
 
-    async def fly(self) -> Response:
-        """Try the plan's backends in order (each replica of a deployment in turn) until one answers."""
+    async def fly(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Try the plan's backends in order (each replica of a deployment in turn) until one answers; a stream
+        is passed on to `request`'s client as it comes."""
         assert self.plan is not None
         tried: set[str] = set()
         for candidate in self.plan.candidates:
@@ -192,7 +200,7 @@ class Flight:
                 if destination is None:
                     break
                 tried.add(destination.key)
-                answer = await self._attempt(candidate, destination)
+                answer = await self._attempt(request, candidate, destination)
                 if answer is not None:
                     return answer
         kinds = ", ".join(f"{a.backend} ({a.outcome})" for a in self.attempts) or "none was reachable"
@@ -229,7 +237,9 @@ class Flight:
             self._bodies[model] = json.dumps({**self.body, "model": model}).encode()
         return self._bodies[model]
 
-    async def _attempt(self, candidate: Candidate, destination: Destination) -> Response | None:
+    async def _attempt(
+        self, request: web.BaseRequest, candidate: Candidate, destination: Destination
+    ) -> web.StreamResponse | None:
         assert self.request is not None and self.facts is not None and self.plan is not None
         host, number = self.host, len(self.attempts) + 1
         if self.failure is not None:
@@ -276,11 +286,7 @@ class Flight:
         host.metrics.observe(TIME_TO_FIRST_TOKEN, time.monotonic() - self.started, **labels)
         prefix = self.plan.prefix_key if destination.replica else None
         if isinstance(answer, Stream):
-            return StreamingResponse(
-                self._relay(candidate, destination, span, number, facts, answer),
-                status_code=answer.status,
-                headers=answer.headers,
-            )
+            return await self._relay(request, candidate, destination, span, number, facts, answer)
         seen = whole_facts(answer.body)
         error = error_type(status=answer.status)
         host.release(destination.key, candidate.model, prefix)
@@ -294,36 +300,40 @@ class Flight:
         usage = self._usage(candidate, seen, None)
         self._end_span(span, candidate, destination, number, facts, seen, error, answer.first_byte_s, usage)
         self._close(candidate, seen, None, "error" if error else "ok", error, answer.status)
-        return Response(answer.body, status_code=answer.status, headers=answer.headers)
+        return web.Response(body=answer.body, status=answer.status, headers=answer.headers)
 
     async def _relay(
         self,
+        request: web.BaseRequest,
         candidate: Candidate,
         destination: Destination,
         span: trace.Span,
         number: int,
         facts: RequestFacts,
         answer: Stream,
-    ) -> AsyncIterator[bytes]:
+    ) -> web.StreamResponse:
         """Pass a stream on as it comes; a backend that breaks off ends it with an error event, never a replay."""
+        out = web.StreamResponse(status=answer.status, headers=answer.headers)
         seen = StreamFacts()
         error: str | None = None
         complete = False
         try:
             seen.feed(answer.first)
-            yield answer.first
-            async for chunk in answer.rest():
-                seen.feed(chunk)
-                yield chunk
-            complete = True
+            if await _send(out, answer.first, request):
+                while (chunk := await answer.next_chunk()) is not None:
+                    seen.feed(chunk)
+                    if not await _send(out, chunk):
+                        break
+                else:
+                    complete = True
         except TRANSPORT_ERRORS as exc:
             error = failure_name(exc)
-            yield sse_error_event(error)
+            await _send(out, sse_error_event(error))
         finally:
             if not complete and error is None:
-                error = "client_closed"  # the client went away: the task was cancelled
+                error = "client_closed"  # the client went away (or the router stopped before the end)
             host = self.host
-            host.spawn(answer.aclose())
+            answer.close()
             prefix = self.plan.prefix_key if destination.replica and self.plan else None
             host.release(destination.key, candidate.model, prefix)
             self.attempts.append(_attempt_record(candidate, error or "ok"))
@@ -339,6 +349,7 @@ class Flight:
                 span, candidate, destination, number, facts, response, error, answer.first_byte_s, usage
             )
             self._close(candidate, response, seen.pieces, "error" if error else "ok", error, answer.status)
+        return out  # aiohttp ends it (the last chunk), or finds the client gone
 
     # ------------------------------------------------------------------------------------------ the end
 
@@ -469,13 +480,8 @@ class Flight:
                 error_type=_token(error) if error else None,
                 trace_id=trace_id,
             )
-        self.host.spawn(self._settle_and_audit(record, Usage(tokens_in + tokens_out, float(dollars))))
-
-    async def _settle_and_audit(self, record: AuditRecord | None, usage: Usage) -> None:
-        try:
-            await asyncio.to_thread(self._write, record, usage)
-        finally:
-            self.host.close_flight()
+        usage = Usage(tokens_in + tokens_out, float(dollars))
+        self.host.write_later(lambda: self._write(record, usage))
 
     def _write(self, record: AuditRecord | None, usage: Usage) -> None:
         budgets, tenant = self.host.budgets, self.tenant
@@ -491,6 +497,21 @@ class Flight:
                 log.error(
                     "request %s: the audit record was not written (%s)", self.request_id, type(exc).__name__
                 )
+
+
+# what writing to a client that went away raises (aiohttp's ClientConnectionResetError is a ConnectionResetError)
+CLIENT_GONE: tuple[type[BaseException], ...] = (ConnectionError,)
+
+
+async def _send(out: web.StreamResponse, chunk: bytes, request: web.BaseRequest | None = None) -> bool:
+    """Write `chunk` to the client (first sending the head, when `request` is given); False when it has gone."""
+    try:
+        if request is not None:
+            await out.prepare(request)
+        await out.write(chunk)
+    except CLIENT_GONE:
+        return False
+    return True
 
 
 def _attempt_record(candidate: Candidate, outcome: str) -> Attempt:

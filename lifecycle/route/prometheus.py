@@ -3,6 +3,8 @@ definitions of `lifecycle.route.metrics`, every label passed through its guard s
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from lifecycle.route.metrics import METRICS, LabelGuard, MetricSpec
@@ -14,14 +16,20 @@ POLICY_RELOADS = MetricSpec(
     ("outcome",),
 )
 _RELOAD_GUARD = LabelGuard(allowed={"outcome": frozenset({"ok", "rejected"})})
+CHILDREN_KEPT = (
+    4096  # label sets remembered as given (a client's model name may be anything); past it, start over
+)
 
 
 class RouterMetrics:
-    """Counters and histograms by `MetricSpec`; `guard` is replaced when the policy or the pool changes."""
+    """Counters and histograms by `MetricSpec`; `guard` is replaced when the policy or the pool changes. The child
+    series of each label set as given is looked up once and kept (guarding and prometheus_client's own lookup cost
+    more than the count itself), until the guard changes."""
 
     def __init__(self, guard: LabelGuard) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.guard = guard
+        self._guard = guard
+        self._children: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._counters: dict[str, Counter] = {}
         self._histograms: dict[str, Histogram] = {}
         for spec in (*METRICS, POLICY_RELOADS):
@@ -32,12 +40,32 @@ class RouterMetrics:
                     spec.name, spec.help, spec.labels, registry=self.registry, buckets=spec.buckets
                 )
 
+    @property
+    def guard(self) -> LabelGuard:
+        return self._guard
+
+    @guard.setter
+    def guard(self, guard: LabelGuard) -> None:
+        self._guard = guard
+        self._children = {}  # what was "other" may be allowed now, and the other way round
+
+    def _child(self, family: Counter | Histogram, spec: MetricSpec, labels: dict[str, str]) -> Any:
+        key = (spec.name, tuple(labels.items()))
+        children = self._children
+        child = children.get(key)
+        if child is None:
+            child = family.labels(**self._guard.labels(spec, **labels))
+            if len(children) >= CHILDREN_KEPT:
+                children = self._children = {}
+            children[key] = child
+        return child
+
     def inc(self, spec: MetricSpec, amount: float = 1.0, /, **labels: str) -> None:
         if amount > 0:
-            self._counters[spec.name].labels(**self.guard.labels(spec, **labels)).inc(amount)
+            self._child(self._counters[spec.name], spec, labels).inc(amount)
 
     def observe(self, spec: MetricSpec, value: float, /, **labels: str) -> None:
-        self._histograms[spec.name].labels(**self.guard.labels(spec, **labels)).observe(value)
+        self._child(self._histograms[spec.name], spec, labels).observe(value)
 
     def reloaded(self, ok: bool) -> None:
         outcome = "ok" if ok else "rejected"

@@ -6,9 +6,11 @@ Per request: `authenticate` (401), the body read under the policy's limit (413),
 (429), then the plan's backends in order: an upstream error or a timeout before the first byte moves the request
 to the next one; once the client has a byte, nothing is replayed. Each attempt is one OpenTelemetry span (GenAI
 conventions, `lifecycle.*` attributes) whose `traceparent` goes to the backend; at the end the budget is settled
-with the real usage, one audit record is appended and the metrics are counted (`lifecycle.route.flight`).
+with the real usage, one audit record is appended and the metrics are counted (`lifecycle.route.flight`); the
+settling and the audit record are written by one thread of the router's own, in turn, off the request's path.
 
-It runs uvicorn on an event loop of its own in a background thread, beside the threads of `lifecycle serve`.
+It runs aiohttp's web server (the HTTP client it calls backends with is aiohttp's too) on an event loop of its own
+in a background thread, beside the threads of `lifecycle serve`.
 For the pool runner it offers what the thread-based front offers: `set_routes` (served name -> live replicas,
 swapped atomically), `drain`, `outstanding`, `url`, `routes`, `stop`. Its own tasks: health checks of every
 replica and upstream, and a watcher that reloads the policy file when it changes (validated first; a bad file is
@@ -18,25 +20,23 @@ refused and the policy before keeps serving).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+from aiohttp import hdrs, web
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from lifecycle.errors import LifecycleError, RecipeError, UserInputError
 from lifecycle.pool.schema import Pool
@@ -52,7 +52,7 @@ from lifecycle.route.decide import (
     plan,
     residency_candidates,
 )
-from lifecycle.route.flight import Flight, refusal_response
+from lifecycle.route.flight import Flight, json_response, refusal_response
 from lifecycle.route.health import Backend, HealthChecks, Probe, replicas_from_routes, snapshot
 from lifecycle.route.load import LoadedPolicy, load_policy
 from lifecycle.route.prometheus import RouterMetrics
@@ -68,6 +68,8 @@ RESIDENCY_HEADER = "x-lifecycle-residency"  # a request may ask for a stricter r
 WATCH_EVERY_S = 1.0
 PREFIXES_KEPT = 256  # prompt-prefix keys remembered per replica for affinity (hashes, never text)
 PATHS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
+GRACE_S = 5.0  # requests in flight when the router stops get this long
+IDLE_CONNECTION_S = 5.0  # an idle client connection is closed after this long
 
 
 class Router:
@@ -120,20 +122,14 @@ class Router:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                self._app(),
-                log_level="warning",
-                access_log=False,
-                server_header=False,  # an access log is one more place a prompt must never reach
-                lifespan="off",
-                loop="asyncio",
-                timeout_graceful_shutdown=5,
-                backlog=2048,
-            )
-        )
+        self._started = threading.Event()
+        self._should_exit = False
+        self._exit: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        # settling and audit records, written in order by one thread: the request does not wait for the disk
+        self._writes: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -153,24 +149,35 @@ class Router:
     def start(self, timeout_s: float = 30.0) -> Router:
         """Serve in a background thread; returns once the endpoint accepts connections."""
         self._sock.listen(2048)
+        self._writer = threading.Thread(target=self._write_loop, name="router-audit", daemon=True)
+        self._writer.start()
         self._thread = threading.Thread(target=self._run, name="router", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
-        while not self._server.started:
+        while not self._started.wait(0.01):
             if self._failure is not None or not self._thread.is_alive():
+                self.stop()
                 raise LifecycleError(f"the router did not start: {self._failure!r}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise LifecycleError(f"the router did not start within {timeout_s:.0f} s")
-            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        """End the server (requests in flight get a few seconds), the health checks, the watcher, the thread."""
-        self._server.should_exit = True
+        """End the server (requests in flight get a few seconds), the health checks, the watcher, the thread;
+        then the writer, once every request's settling and audit record is written."""
+        self._should_exit = True
+        loop, exit_ = self.loop, self._exit
+        if loop is not None and exit_ is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed already
+                loop.call_soon_threadsafe(exit_.set)
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join(timeout=30)
+            self._writer = None
         self._sock.close()
 
     def __enter__(self) -> Router:
@@ -191,13 +198,27 @@ class Router:
             loop.close()
 
     async def _main(self) -> None:
+        self._exit = asyncio.Event()
+        if self._should_exit:  # stop() came first
+            return
         self.client = open_client()
+        runner = web.AppRunner(
+            self._app(),
+            handle_signals=False,
+            access_log=None,  # an access log is one more place a prompt must never reach
+            shutdown_timeout=GRACE_S,
+            keepalive_timeout=IDLE_CONNECTION_S,
+        )
         background = [asyncio.create_task(self._health_loop())]
         if self._watch_every_s:
             background.append(asyncio.create_task(self._watch_loop(self._watch_every_s)))
         try:
-            await self._server.serve(sockets=[self._sock])
+            await runner.setup()
+            await web.SockSite(runner, self._sock, backlog=2048).start()
+            self._started.set()
+            await self._exit.wait()
         finally:
+            await runner.cleanup()  # no new connections; requests in flight get GRACE_S, then are cancelled
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -208,10 +229,27 @@ class Router:
             await asyncio.get_running_loop().shutdown_default_executor()  # to_thread's workers end too
 
     def spawn(self, work: Awaitable[Any]) -> None:
-        """Run `work` as a task of the router's loop that nothing cancels (settling, audit, closing)."""
+        """Run `work` as a task of the router's loop that nothing cancels."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def write_later(self, write: Callable[[], None]) -> None:
+        """Have the writer thread call `write` (a request's settling and audit record), after those before it;
+        the request counts as open until it has (`wait_settled`)."""
+        self._writes.put(write)
+
+    def _write_loop(self) -> None:
+        while True:
+            write = self._writes.get()
+            if write is None:
+                return
+            try:
+                write()
+            except Exception:  # one request's failure must not end the writing of the others'
+                log.exception("writing a request's settling and audit record failed")
+            finally:
+                self.close_flight()
 
     # ------------------------------------------------------------------------------------------ the pool
 
@@ -391,20 +429,20 @@ class Router:
 
     # ------------------------------------------------------------------------------------------ HTTP
 
-    def _app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._complete, methods=["POST"]),
-                Route("/v1/completions", self._complete, methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-                Route("/metrics", self._metrics, methods=["GET"]),
-                Route("/health", self._health_page, methods=["GET"]),
-            ]
-        )
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_get("/v1/models", self._models, allow_head=False)
+        app.router.add_get("/metrics", self._metrics, allow_head=False)
+        app.router.add_get("/health", self._health_page, allow_head=False)
+        app.on_response_prepare.append(_no_server_header)
+        return app
 
-    async def _complete(self, request: Request) -> Response:
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
         state = self._state
-        flight = Flight.begin(self, state, request.url.path, request.headers.get("traceparent"))
+        path = request.path
+        flight = Flight.begin(self, state, path, request.headers.get("traceparent"))
         tenant = authenticate(state.policy, request.headers.get("authorization"))
         if isinstance(tenant, Refusal):
             return flight.refuse(tenant)
@@ -414,7 +452,7 @@ class Router:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return flight.refuse(Refusal(413, "body_too_large", f"the body is over {limit} bytes"))
         raw = bytearray()
-        async for part in request.stream():
+        while part := await request.content.readany():
             raw += part
             if len(raw) > limit:
                 return flight.refuse(Refusal(413, "body_too_large", f"the body is over {limit} bytes"))
@@ -425,9 +463,9 @@ class Router:
         parsed = parse_request(body, request.headers.get(RESIDENCY_HEADER))
         if isinstance(parsed, Refusal):
             return flight.refuse(parsed)
-        field = PATHS[request.url.path]
+        field = PATHS[path]
         if field not in body:
-            return flight.refuse(Refusal(400, "invalid_request", f"{request.url.path} takes `{field}`"))
+            return flight.refuse(Refusal(400, "invalid_request", f"{path} takes `{field}`"))
         try:
             digest = prompt_hmac(self.hmac_key, body[field])
         except (TypeError, ValueError):
@@ -440,9 +478,9 @@ class Router:
         refused = await flight.reserve()
         if refused is not None:
             return flight.refuse(refused)
-        return await flight.fly()
+        return await flight.fly(request)
 
-    async def _models(self, request: Request) -> Response:
+    async def _models(self, request: web.Request) -> web.Response:
         state = self._state
         tenant = authenticate(state.policy, request.headers.get("authorization"))
         if isinstance(tenant, Refusal):
@@ -456,16 +494,18 @@ class Router:
             if not isinstance(cut, Refusal) and not isinstance(cost_filter(tenant, cut.kept), Refusal):
                 names.append(route.name)
         data = [{"id": n, "object": "model", "created": created, "owned_by": "lifecycle"} for n in names]
-        return JSONResponse({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
-    async def _metrics(self, request: Request) -> Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
         text, kind = self.metrics.exposition()
-        return Response(text, media_type=kind)
+        return web.Response(body=text, headers={hdrs.CONTENT_TYPE: kind})
 
-    async def _health_page(self, request: Request) -> Response:
+    async def _health_page(self, request: web.Request) -> web.Response:
         health = self.health()
         up = sorted({*(d for d, rs in health.replicas.items() if rs), *health.upstreams})
-        return JSONResponse({"status": "ok", "routes": [r.name for r in self._state.policy.routes], "up": up})
+        return json_response(
+            {"status": "ok", "routes": [r.name for r in self._state.policy.routes], "up": up}
+        )
 
     # ------------------------------------------------------------------------------------------ for flights
 
@@ -487,3 +527,8 @@ class Router:
                     return True
             time.sleep(0.01)
         return False
+
+
+async def _no_server_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Answers name no server software (the backends' `server` headers are not relayed either)."""
+    response.headers.popall(hdrs.SERVER, None)

@@ -13,14 +13,20 @@ This is the only module that knows the HTTP client: `open_client` makes the rout
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import anyio
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as within
+else:  # aiohttp depends on async-timeout there; its TimeoutError is asyncio's, caught below as well
+    from async_timeout import timeout as within
 
 from lifecycle.route.telemetry import ResponseFacts, error_type, response_facts
 
@@ -45,7 +51,12 @@ NOT_RELAYED = frozenset(
 MAX_CONNECTIONS = 1024  # to all backends together
 KEEPALIVE_S = 5.0  # an idle connection is closed after this long
 # what a connection that fails, breaks off or times out raises (aiohttp's timeouts are ClientErrors too)
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+)
 
 Client = aiohttp.ClientSession
 
@@ -103,20 +114,25 @@ class Stream:
     chunks: AsyncIterator[bytes]
     deadline: float  # time.monotonic() by which the whole answer must be in
 
-    async def rest(self) -> AsyncIterator[bytes]:
+    async def next_chunk(self) -> bytes | None:
+        """The next chunk that has something in it; None at the end."""
         while True:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the answer took longer than the total timeout")
-            with anyio.fail_after(left):
+            async with within(left):  # asyncio's own: one timer handle, no task or scope machinery
                 try:
                     chunk = await self.chunks.__anext__()
                 except StopAsyncIteration:
-                    return
+                    return None
             if chunk:
-                yield chunk
+                return chunk
 
-    async def aclose(self) -> None:
+    async def rest(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    def close(self) -> None:
         """Give the connection back: kept alive when the answer was read to its end, closed otherwise (so that a
         backend whose client went away stops generating)."""
         self.response.release()
@@ -143,7 +159,7 @@ async def attempt(
     )
     response: aiohttp.ClientResponse | None = None
     try:
-        with anyio.fail_after(deadlines.first_byte_s):
+        async with within(deadlines.first_byte_s):
             response = await client.post(url, data=body, headers=headers, timeout=timeout)
             status = response.status
             if status in RETRY_STATUSES or status >= 500:
@@ -160,7 +176,7 @@ async def attempt(
             return Stream(status, kept, first, first_byte_s, response, chunks, started + deadlines.total_s)
         parts = [first]
         size = len(first)
-        with anyio.fail_after(max(0.001, started + deadlines.total_s - time.monotonic())):
+        async with within(max(0.001, started + deadlines.total_s - time.monotonic())):
             async for chunk in chunks:
                 parts.append(chunk)
                 size += len(chunk)
