@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import POOL, PRICES, T0, T_END, plant_misroute, write_traffic
+from report_world import POOL, PRICES, T0, T_END, plant_misroute, write_traffic
 
 from lifecycle.report.cost import CostReport, cost_report
 from lifecycle.route.audit import read_log

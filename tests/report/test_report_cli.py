@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import POLICY, POOL, T0, T_END, plant_misroute, write_traffic
+from report_world import POLICY, POOL, T0, T_END, plant_misroute, write_traffic
 from rich.console import Console
 from typer.testing import CliRunner, Result
 

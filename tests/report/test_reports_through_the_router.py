@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FRONTIER, HOSTED, POOL, PRICES, plant_misroute
+from report_world import FRONTIER, HOSTED, POOL, PRICES, plant_misroute
 from rich.console import Console
 from test_report_cli import run
 
