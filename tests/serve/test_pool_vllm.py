@@ -140,6 +140,7 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_as_foreground_job,
     )
     state_file = home / "serve" / "pool.json"
     try:
@@ -196,7 +197,11 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
         pids = _server_pids(state.pid)
     finally:
         server.send_signal(signal.SIGINT)
-        out, _ = server.communicate(timeout=120)
+        try:
+            out, _ = server.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()  # its servers' watchdogs follow it
+            raise
     assert server.returncode == 130, out
     time.sleep(1)
     assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
@@ -212,6 +217,12 @@ def test_promote_serve_and_apply_with_clients_all_the_while(world) -> None:  # t
     assert {("tickets", "tickets", 1), ("tickets", "tickets", 2)} <= served
     assert any(r.route == "tickets-or-base" and r.backend == "base" for r in records)
     assert QUESTION.encode() not in audit.read_bytes()
+
+
+def _as_foreground_job() -> None:
+    """As a shell starts a foreground job: SIGINT at its default. A test runner started as a script's background
+    job has it ignored, an ignored signal is inherited, and `lifecycle serve` (rightly) keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _server_pids(parent: int) -> list[int]:
