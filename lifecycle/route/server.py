@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from lifecycle.route.state import Pick, RouterState, build_state
 from lifecycle.route.targets import Replica, resolve_route
 from lifecycle.route.telemetry import hmac_key_id, prompt_hmac
 from lifecycle.route.upstream import Client, open_client
+from lifecycle.serve.front import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ GRACE_S = 5.0  # requests in flight when the router stops get this long
 IDLE_CONNECTION_S = 5.0  # an idle client connection is closed after this long
 
 
-class Router:
+class Router(InFlight):
     """The routing endpoint. `start()` serves it; `stop()` ends the server, its tasks and its thread."""
 
     def __init__(
@@ -269,30 +270,6 @@ class Router:
                 self._pool_given = True
                 self._state = build_state(self._state.loaded, pool, self._env)
                 self.metrics.guard = self._state.guard
-
-    def outstanding(self, backend: Backend, model: str | None = None) -> int:
-        """Requests in flight on `backend` (for `model` only, when given)."""
-        with self._lock:
-            return sum(
-                n
-                for (url, name), n in self._outstanding.items()
-                if url == backend.url and model in (None, name)
-            )
-
-    def drain(
-        self, backends: Iterable[Backend], timeout_s: float = 120.0, *, model: str | None = None
-    ) -> bool:
-        """Wait until none of `backends` has a request in flight (for `model` only, when given); they must be
-        out of the routes already. False on timeout."""
-        urls = {b.url for b in backends}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                busy = any(url in urls and model in (None, name) for (url, name) in self._outstanding)
-            if not busy:
-                return True
-            time.sleep(0.02)
-        return False
 
     def take(self, replicas: Sequence[Replica], model: str, pick: Pick, tried: set[str]) -> Replica | None:
         """Choose a replica not yet tried with `pick(replicas, outstanding)` and count the request on it, in one

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 RETRY_ATTEMPTS = 20  # over about RETRY_ATTEMPTS * RETRY_PAUSE_S: long enough for a route swap to land
@@ -51,7 +51,44 @@ class FrontStats:
     retried: int = 0
 
 
-class Front:
+class HasUrl(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+class InFlight:
+    """Requests in flight per (replica url, model), counted under `_lock`: what draining a replica waits on.
+    Shared by the front and the router (lifecycle.route.server), which count in their own request paths."""
+
+    _lock: threading.Lock
+    _outstanding: dict[tuple[str, str], int]
+
+    def outstanding(self, backend: HasUrl, model: str | None = None) -> int:
+        """Requests in flight on `backend` (for `model` only, when given)."""
+        with self._lock:
+            return sum(
+                n
+                for (url, name), n in self._outstanding.items()
+                if url == backend.url and model in (None, name)
+            )
+
+    def drain(
+        self, backends: Iterable[HasUrl], timeout_s: float = 120.0, *, model: str | None = None
+    ) -> bool:
+        """Wait until none of `backends` has a request in flight (for `model` only, when given); they must be
+        out of the routes (for that model) already. False on timeout."""
+        urls = {b.url for b in backends}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = any(url in urls and model in (None, name) for (url, name) in self._outstanding)
+            if not busy:
+                return True
+            time.sleep(0.02)
+        return False
+
+
+class Front(InFlight):
     """The stable endpoint. `set_routes` swaps the routing table; `drain` waits for a replica's requests."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -85,30 +122,6 @@ class Front:
         table = {name: tuple(backends) for name, backends in routes.items() if backends}
         with self._lock:
             self._routes = table
-
-    def outstanding(self, backend: Backend, model: str | None = None) -> int:
-        """Requests in flight on `backend` (for `model` only, when given)."""
-        with self._lock:
-            return sum(
-                n
-                for (url, name), n in self._outstanding.items()
-                if url == backend.url and model in (None, name)
-            )
-
-    def drain(
-        self, backends: Iterable[Backend], timeout_s: float = 120.0, *, model: str | None = None
-    ) -> bool:
-        """Wait until none of `backends` has a request in flight (for `model` only, when given); they must be
-        out of the routes (for that model) already. False on timeout."""
-        urls = {b.url for b in backends}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                busy = any(url in urls and model in (None, name) for (url, name) in self._outstanding)
-            if not busy:
-                return True
-            time.sleep(0.02)
-        return False
 
     def stop(self) -> None:
         if self._thread.is_alive():
