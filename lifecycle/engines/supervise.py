@@ -283,6 +283,19 @@ def describe_processes(pids: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user and system, all threads) the live processes among `pids` have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _read_or(path: str, default: str) -> str:
     try:
         return Path(path).read_text()

@@ -38,6 +38,10 @@ from lifecycle.errors import EngineError
 log = logging.getLogger(__name__)
 
 PORT_ATTEMPTS = 3
+# A start that neither logs a line nor spends a CPU-second for this long is stuck (seen on a 2-core host with other
+# servers busy: the EngineCore's worker never got going) and is started once more; a slow start always does both.
+STALL_S = 120.0
+STALL_RESTARTS = 1
 STOP_GRACE_S = 10.0  # the watchdog's SIGTERM-to-SIGKILL wait; vLLM usually exits in under a second
 
 
@@ -216,19 +220,27 @@ def start_server(
     resolved: Literal["cpu", "gpu"] = detect_device(python) if device == "auto" else device
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, PORT_ATTEMPTS + 1):
+    restarts = 0
+    for attempt in range(1, PORT_ATTEMPTS + STALL_RESTARTS + 1):
         server = _launch(spec, python, workdir, host, free_port(host), resolved, kv_cache_gib, detached)
         try:
-            _wait_until_ready(server, startup_timeout_s)
+            _wait_until_ready(server, startup_timeout_s, STALL_S)
             if check_generation:
                 server.complete("a", model=server.model, max_tokens=1, timeout_s=startup_timeout_s)
         except _PortTaken:
             server.stop()
             log.info("port %d was taken before vLLM bound it (attempt %d); retrying", server.port, attempt)
             continue
+        except _Stalled as exc:
+            server.stop()
+            if restarts >= STALL_RESTARTS:
+                raise _start_error(server, str(exc)) from None
+            restarts += 1
+            log.warning("vLLM for %s made no progress; starting it once more. %s", spec.model_dir, exc)
+            continue
         except EngineError as exc:
             server.stop()
-            raise _start_error(server, str(exc).splitlines()[0]) from None
+            raise _start_error(server, str(exc)) from None
         except BaseException:
             server.stop()
             raise
@@ -345,9 +357,11 @@ def _write_state(server: VllmServer, path: Path) -> None:
     path.write_text(json.dumps(asdict(state), indent=2) + "\n")
 
 
-def _wait_until_ready(server: VllmServer, timeout_s: float) -> None:
-    """Poll /health, then check that /v1/models lists the served name."""
+def _wait_until_ready(server: VllmServer, timeout_s: float, stall_s: float) -> None:
+    """Poll /health, then check that /v1/models lists the served name. Raises `_Stalled` when the server has
+    neither logged nor computed anything for `stall_s`, EngineError when it exits or `timeout_s` passes."""
     started = time.monotonic()
+    progress = _Progress(server, stall_s)
     while True:
         code = server.group.poll()
         if code is not None:
@@ -359,6 +373,12 @@ def _wait_until_ready(server: VllmServer, timeout_s: float) -> None:
                 f"the server did not answer /health within {timeout_s:.0f} s; its processes then:\n"
                 + supervise.describe_processes(server.group.members())
             )
+        if progress.stalled():
+            raise _Stalled(
+                f"the server logged nothing and used under {_Progress.MIN_CPU_S:.0f} CPU-second in {stall_s:.0f} s"
+                f" ({time.monotonic() - started:.0f} s after its start); its processes then:\n"
+                + supervise.describe_processes(server.group.members())
+            )
         if server.client.healthy():
             break
         time.sleep(0.5)
@@ -368,11 +388,45 @@ def _wait_until_ready(server: VllmServer, timeout_s: float) -> None:
     log.info("vLLM for %s ready in %.1f s", server.spec.model_dir, time.monotonic() - started)
 
 
+class _Stalled(EngineError):
+    """The server started but gets nowhere (its description says what its processes were doing)."""
+
+
+class _Progress:
+    """Whether a starting server still moves: its log grows or its processes spend CPU."""
+
+    MIN_CPU_S = 1.0
+
+    def __init__(self, server: VllmServer, stall_s: float) -> None:
+        self._server = server
+        self._stall_s = stall_s
+        self._mark = self._reading()
+        self._since = time.monotonic()
+
+    def _reading(self) -> tuple[int, float]:
+        try:
+            size = self._server.log_path.stat().st_size
+        except OSError:
+            size = 0
+        return size, supervise.cpu_seconds(self._server.group.members())
+
+    def stalled(self) -> bool:
+        size, cpu = self._reading()
+        if size != self._mark[0] or cpu - self._mark[1] >= self.MIN_CPU_S:
+            self._mark, self._since = (size, cpu), time.monotonic()
+            return False
+        return time.monotonic() - self._since > self._stall_s
+
+
 def _start_error(server: VllmServer, what: str) -> EngineError:
+    """What went wrong (first line of `what`), the log's diagnosis, the rest of `what` (the processes' states,
+    when given), then the log's last lines."""
+    summary, _, detail = what.partition("\n")
     root, cause = vllm_log.diagnose_log(vllm_log.read_log(server.log_path))
     return EngineError(
-        f"vLLM could not serve {server.spec.model_dir}: {what.rstrip('.')}."
+        f"vLLM could not serve {server.spec.model_dir}: {summary.rstrip('.')}."
         + (f" Error: {root.rstrip('.')}." if root else "")
         + (f" Likely cause: {cause}." if cause else "")
+        + (f"\n{detail}\n" if detail else "")
         + f" Log {server.log_path}, last {vllm_log.TAIL_LINES} lines:\n{server.log_tail()}"
     )

@@ -336,6 +336,67 @@ def test_folder_without_config_fails_before_starting(tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.log")) == []
 
 
+# What a start that gets nowhere looks like from outside: the process runs, logs nothing and computes nothing.
+# Started as the serving Python (`python -m vllm.entrypoints.openai.api_server ... --port P`), it stalls while
+# its launches file says it should, else answers /health and /v1/models as vLLM does.
+STALLING_PYTHON = """#!{python}
+import http.server, json, os, sys, time
+args = sys.argv[1:]
+port = int(args[args.index("--port") + 1])
+name = args[args.index("--served-model-name") + 1]
+launches = os.environ["LAUNCHES"]
+with open(launches, "a") as f:
+    f.write("launch\\n")
+if len(open(launches).read().splitlines()) <= int(os.environ["STALLS"]):
+    time.sleep(600)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"" if self.path == "/health" else json.dumps({{"data": [{{"id": name}}]}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("stalls", [1, 2])
+def test_a_start_that_makes_no_progress_is_started_once_more(
+    stalls: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle.engines import vllm_server
+
+    monkeypatch.setattr(vllm_server, "STALL_S", 1.5)
+    python = tmp_path / "python"
+    python.write_text(STALLING_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    model = tmp_path / f"model-{uuid.uuid4().hex[:8]}"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    launches = tmp_path / "launches"
+    spec = VllmSpec(model_dir=model, env={"LAUNCHES": str(launches), "STALLS": str(stalls)})
+
+    if stalls <= vllm_server.STALL_RESTARTS:
+        server = start_server(
+            spec, python=python, workdir=tmp_path / "work", device="gpu", check_generation=False
+        )
+        try:
+            assert server.models() == [model.name]
+        finally:
+            server.stop()
+    else:
+        with pytest.raises(EngineError) as caught:
+            start_server(spec, python=python, workdir=tmp_path / "work", device="gpu", startup_timeout_s=60)
+        message = str(caught.value)
+        assert "logged nothing and used under 1 CPU-second in 2 s" in message
+        assert "state S wchan" in message  # what its processes were doing, from /proc
+    assert launches.read_text().splitlines() == ["launch", "launch"]
+    assert processes_mentioning(str(model)) == []
+
+
 def test_spec_rejects_relative_paths_and_impossible_lora_ranks() -> None:
     with pytest.raises(UserInputError, match="absolute"):
         VllmSpec(model_dir=Path("models/tiny"))
