@@ -63,7 +63,7 @@ def check(
     problems = _data_problems(loaded)
     target, more = _target(loaded, serve_python, cache_dir, say)
     problems += more
-    problems += _gate_problems(loaded, evals_dir)
+    problems += _gate_problems(loaded, evals_dir, cache_dir)
     problems += _base_model_problems(loaded)
     if problems or target is None:
         raise RecipeError(problems)
@@ -131,12 +131,12 @@ def _local_capabilities(requested: str, serve_python: Path, cache_dir: Path, say
         raise tgt.SchemeRefused(f"cannot find out what this host serves: {exc}") from None
 
 
-def _gate_problems(loaded: LoadedRecipe, evals_dir: Path) -> list[str]:
+def _gate_problems(loaded: LoadedRecipe, evals_dir: Path, cache_dir: Path) -> list[str]:
     from lifecycle.gate.stage import preflight
 
     with tempfile.TemporaryDirectory(prefix="lifecycle-preflight-") as work:
         try:
-            preflight(loaded, evals_dir, Path(work))
+            preflight(loaded, evals_dir, Path(work), names_cache=cache_dir / "lm-eval")
         except GateError as exc:
             return [str(exc)]
     return []

