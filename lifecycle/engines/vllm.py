@@ -195,6 +195,14 @@ def check_model_dir(spec: VllmSpec) -> None:
     if not (spec.model_dir / "config.json").is_file():
         what = "does not exist" if not spec.model_dir.is_dir() else "has no config.json (is it an adapter?)"
         raise EngineError(f"vLLM could not serve {spec.model_dir}: the model folder {what}.")
+    weights = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+    if "--load-format" not in spec.extra_args and not any(
+        p.name.endswith(weights) for p in spec.model_dir.iterdir()
+    ):
+        raise EngineError(
+            f"vLLM could not serve {spec.model_dir}: the model folder holds no weights"
+            f" (no {', '.join('*' + w for w in weights)} file)."
+        )
     for name, path in spec.lora_modules.items():
         if not (path / "adapter_config.json").is_file():
             raise EngineError(
