@@ -281,6 +281,8 @@ class Flight:
                 UPSTREAM_ATTEMPTS, backend=candidate.backend, provider=candidate.provider, outcome=outcome
             )
             self.failure = (candidate.backend, failed.kind)
+            if failed.kind == "connect":
+                host.unreachable(destination.key if destination.replica else candidate.backend)
             return None
         labels = self._labels(candidate)
         host.metrics.observe(TIME_TO_FIRST_TOKEN, time.monotonic() - self.started, **labels)

@@ -4,7 +4,7 @@ checks found dead, and the upstreams that answer.
 `observe` (pure) moves one backend's standing after a check: down after `unhealthy_after` failures in a row, up
 again after `healthy_after` passes. `HealthChecks` runs the checks concurrently, with auth for upstreams
 (`GET {base_url}/models`, as the providers answer it) and `GET /health` for replicas (vLLM's). Every backend
-starts up: a request that finds it dead falls back, and the next check takes it out.
+starts up: a request that cannot connect to it falls back and counts as a failed check (`failed`).
 """
 
 from __future__ import annotations
@@ -106,6 +106,15 @@ class HealthChecks:
                 log.warning("backend %s is %s", probe.key, "up again" if after.up else "down")
             fresh[probe.key] = after
         self.standings = fresh
+
+    def failed(self, key: str, rules: HealthRules) -> None:
+        """A request could not connect to backend `key`: that counts as a failed check, so a replica that died
+        between checks is taken out by the requests that find it, not only by the next check."""
+        before = self.standings.get(key, Standing())
+        after = observe(before, False, rules)
+        if after.up != before.up:
+            log.warning("backend %s is down (a request could not connect)", key)
+        self.standings = {**self.standings, key: after}
 
     @staticmethod
     async def _ok(client: Client, probe: Probe, timeout_s: float) -> bool:

@@ -310,6 +310,10 @@ class Router(InFlight):
                 while len(kept) > PREFIXES_KEPT:
                     kept.popitem(last=False)
 
+    def unreachable(self, key: str) -> None:
+        """A request could not connect to this replica (URL) or upstream (name). On the loop thread."""
+        self._checks.failed(key, self._state.policy.health)
+
     def health(self) -> Health:
         """What `plan` sees: the runner's live replicas and the upstreams, minus what the checks found dead."""
         state, replicas, standings = self._state, self._replicas, self._checks.standings

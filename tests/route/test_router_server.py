@@ -259,6 +259,20 @@ def test_a_dead_replica_is_skipped_for_another_replica_of_the_deployment(world: 
     assert not world.hosted.completions() and not world.frontier.completions()
 
 
+def test_a_replica_a_request_cannot_reach_is_taken_out_before_the_next_check(world: World) -> None:
+    world.policy_path.write_text(world.policy_path.read_text().replace("interval_s: 0.2", "interval_s: 600"))
+    assert world.router.reload()
+    time.sleep(0.5)  # the check loop's last short sleep ends; the next check is 10 minutes away
+    assert len(world.router.health().replicas["support"]) == 2
+    world.replicas[0].stop()
+    for _ in range(4):
+        assert world.post("key-product", chat()).status_code == 200
+    assert [r.url for r in world.router.health().replicas["support"]] == [world.replicas[1].root]
+    attempts = [a for r in world.records() for a in r.attempts]
+    assert [a.outcome for a in attempts].count("connect") == 1  # the one request that found it, then no more
+    assert len(world.replicas[1].completions()) == 4
+
+
 def test_a_stream_that_began_is_never_replayed(world: World) -> None:
     world.hosted.behaviour = "break"
     with world.client.stream(
