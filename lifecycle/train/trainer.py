@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +258,14 @@ def _last_loss(history: list[dict[str, Any]]) -> float | None:
     return None
 
 
+def _barrier() -> None:
+    """Wait for every process of a distributed run (nothing to wait for in one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 class _CommitAndLog(TrainerCallback):
     """Seals each saved checkpoint (manifest, then marker), prunes old ones, and appends metrics as JSON lines."""
 
@@ -274,11 +283,16 @@ class _CommitAndLog(TrainerCallback):
             self.progress.advance(state.global_step)
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if not state.is_world_process_zero:
-            return
+        """Once every process has written its files: one process seals the checkpoint (one per node on several
+        nodes, each sealing its node's part); once all have, rank 0 prunes."""
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            checkpoints.commit(folder)
+        where = checkpoints.place(os.environ)
+        _barrier()
+        sealer = state.is_local_process_zero if where.nodes > 1 else state.is_world_process_zero
+        if sealer and folder.is_dir():
+            checkpoints.commit(folder, where)
+        _barrier()
+        if state.is_world_process_zero and folder.is_dir():
             checkpoints.prune(folder.parent, self.keep)
 
     def on_log(
