@@ -58,6 +58,8 @@ def train(
         )
     finally:
         progress.close()
+    if not result.model_manifest_digest:  # another rank of a distributed run: rank 0 reports
+        return
     line = f"trained {result.steps} steps"
     if result.eval_accuracy is not None:
         line += f"; held-out accuracy {result.base_eval_accuracy} -> {result.eval_accuracy}"

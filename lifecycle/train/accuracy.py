@@ -25,7 +25,9 @@ def generation_accuracy(model_dir: Path, examples: list[Example], max_items: int
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     prompts = [prompt_text(tokenizer, e) for e in items]
     max_new = max(len(tokenizer(e.target or "").input_ids) for e in items) + 4
@@ -34,7 +36,7 @@ def generation_accuracy(model_dir: Path, examples: list[Example], max_items: int
         for start in range(0, len(prompts), 32):
             batch = tokenizer(
                 prompts[start : start + 32], return_tensors="pt", padding=True, add_special_tokens=False
-            )
+            ).to(device)
             out = model.generate(  # type: ignore[misc]
                 **batch, max_new_tokens=max_new, do_sample=False, pad_token_id=tokenizer.pad_token_id
             )

@@ -62,6 +62,11 @@ def accuracy_requested(env: Mapping[str, str]) -> bool:
     return env.get(ACCURACY_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def is_main_process(env: Mapping[str, str]) -> bool:
+    """Rank 0 of a distributed job (torchrun sets RANK), or a process on its own."""
+    return env.get("RANK", "0").strip() in ("", "0")
+
+
 def run_worker(
     recipe_path: Path,
     output: Path,
@@ -72,8 +77,9 @@ def run_worker(
 ) -> WorkerResult:
     """Train the recipe into `output`. `accuracy` None: as LIFECYCLE_TRAIN_ACCURACY says (default off).
 
-    Only the main process of a multi-GPU job writes the model and `worker.json`; the others return a result
-    with an empty model digest."""
+    Run once per GPU under torchrun, the processes train together; only the main one (RANK 0) measures
+    accuracy, hashes the base, writes the model and `worker.json`: the others return a result with an empty model
+    digest, having loaded nothing but what training needs."""
     from lifecycle.train.base import base_manifest, resolve_base
     from lifecycle.train.data import load_examples, load_mix, mix_rows
     from lifecycle.train.trainer import Hardware, fit
@@ -91,7 +97,8 @@ def run_worker(
         load_examples(recipe.data.eval, recipe.data.format) if recipe.data.eval and accuracy else None
     )
 
-    base_acc = _base_accuracy(base_dir, evaluation, output) if evaluation else None
+    main = is_main_process(os.environ)
+    base_acc = _base_accuracy(base_dir, evaluation, output) if evaluation and main else None
     fitted = fit(recipe, base_dir, mixed.rows, evaluation, output, Hardware.detect(world_size), progress)
     model = fitted.model_manifest
     if model is None:  # not the main process: it wrote nothing
