@@ -24,6 +24,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,11 +133,15 @@ def sha256_file(path: Path) -> str:
 # ------------------------------------------------------------------------------------ computing and checking
 
 
-def _files(folder: Path, exclude: tuple[str, ...]) -> list[tuple[str, Path]]:
+def _files(
+    folder: Path, exclude: tuple[str, ...], only: Callable[[str], bool] | None = None
+) -> list[tuple[str, Path]]:
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if rel in exclude or path.name in exclude or path.name.startswith(_TMP_PREFIX):
+            continue
+        if only is not None and not only(rel):
             continue
         found.append((rel, path))
     return found
@@ -147,13 +152,16 @@ def compute(
     exclude: tuple[str, ...] = (MANIFEST_NAME,),
     known: Manifest | None = None,
     trusted_before_ns: int = 0,
+    *,
+    only: Callable[[str], bool] | None = None,
 ) -> Manifest:
-    """Hash every regular file under `folder` (recursively), except the names in `exclude`.
+    """Hash every regular file under `folder` (recursively), except the names in `exclude` (and, given `only`,
+    those whose relative path it refuses).
 
     A file whose size and modification time equal its entry in `known`, and whose recorded time is before
     `trusted_before_ns`, keeps that entry's hash unread."""
     files = {}
-    for rel, path in _files(folder, exclude):
+    for rel, path in _files(folder, exclude, only):
         stat = path.stat()  # before reading: a change while we read gets a later time than this one
         before = known.files.get(rel) if known is not None else None
         if (

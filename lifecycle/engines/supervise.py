@@ -259,11 +259,10 @@ def _exited(pid: int) -> bool:
 def describe_processes(pids: Sequence[int]) -> str:
     """What each process is doing, from /proc, and how loaded the machine is: for an error about a process
     that did not get anywhere (starved of CPU, short of memory, or blocked in the kernel), a line each."""
-    tick = os.sysconf("SC_CLK_TCK")
     lines = []
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(pid)
             name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             name = " ".join(name.split())
             status = Path(f"/proc/{pid}/status").read_text()
@@ -273,7 +272,7 @@ def describe_processes(pids: Sequence[int]) -> str:
         rss = next(
             (line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("VmRSS")), "?"
         )
-        cpu_s = (int(fields[11]) + int(fields[12])) / tick
+        cpu_s = _cpu_s(fields)
         lines.append(f"pid {pid} state {fields[0]} wchan {wchan} cpu {cpu_s:.1f} s rss {rss}: {name[:100]}")
     meminfo = dict(line.split(":", 1) for line in _read_or("/proc/meminfo", "").splitlines() if ":" in line)
     lines.append(
@@ -285,15 +284,22 @@ def describe_processes(pids: Sequence[int]) -> str:
 
 def cpu_seconds(pids: Sequence[int]) -> float:
     """CPU time (user and system, all threads) the live processes among `pids` have used so far."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += _cpu_s(_stat_fields(pid))
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): state first."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_s(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _read_or(path: str, default: str) -> str:

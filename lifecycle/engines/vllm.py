@@ -19,6 +19,7 @@ from typing import Literal
 
 from lifecycle.engines.vllm_log import diagnose_log
 from lifecycle.errors import EngineError, UserInputError
+from lifecycle.manifest import WEIGHTS
 
 __all__ = [
     "CPU_SITECUSTOMIZE",
@@ -195,13 +196,12 @@ def check_model_dir(spec: VllmSpec) -> None:
     if not (spec.model_dir / "config.json").is_file():
         what = "does not exist" if not spec.model_dir.is_dir() else "has no config.json (is it an adapter?)"
         raise EngineError(f"vLLM could not serve {spec.model_dir}: the model folder {what}.")
-    weights = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
     if "--load-format" not in spec.extra_args and not any(
-        p.name.endswith(weights) for p in spec.model_dir.iterdir()
+        p.name.endswith(WEIGHTS) for p in spec.model_dir.iterdir()
     ):
         raise EngineError(
             f"vLLM could not serve {spec.model_dir}: the model folder holds no weights"
-            f" (no {', '.join('*' + w for w in weights)} file)."
+            f" (no {', '.join('*' + w for w in WEIGHTS)} file)."
         )
     for name, path in spec.lora_modules.items():
         if not (path / "adapter_config.json").is_file():

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lifecycle.errors import GateError
 from lifecycle.gate.decide import MetricScores, TaskScores
 from lifecycle.gate.evals import problems_of, render_evals
+from lifecycle.manifest import write_json_atomic
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
@@ -532,9 +533,7 @@ def registry_names(cache: Path | None) -> dict[str, list[str]]:
     if path is not None:
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(names))
-            os.replace(tmp, path)
+            write_json_atomic(path, names)
     return names
 
 

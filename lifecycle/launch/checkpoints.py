@@ -72,12 +72,7 @@ def commit(checkpoint: Path, where: Place = Place()) -> manifest.Manifest:
         return _commit_node(checkpoint, where)
     (checkpoint / COMMIT_MARKER).unlink(missing_ok=True)
     written = manifest.write(checkpoint, exclude=(manifest.MANIFEST_NAME, COMMIT_MARKER))
-    marker = checkpoint / COMMIT_MARKER
-    tmp = checkpoint / f".{COMMIT_MARKER}.tmp"
-    tmp.write_text(written.digest + "\n")
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, marker)
+    _write_synced(checkpoint / COMMIT_MARKER, written.digest + "\n")
     return written
 
 
@@ -92,17 +87,12 @@ def _commit_node(checkpoint: Path, where: Place) -> manifest.Manifest:
     part = checkpoint / f"node-{where.node}"
     part.mkdir(exist_ok=True)
     (part / COMMIT_MARKER).unlink(missing_ok=True)
-    files = {}
-    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
-        name = path.relative_to(checkpoint).as_posix()
-        if _NODE.match(name.split("/", 1)[0]) or owner(name, where.ranks_per_node) != where.node:
-            continue
-        stat = path.stat()
-        files[name] = manifest.FileEntry(
-            sha256=manifest.sha256_file(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns
-        )
-    written = manifest.Manifest(files=files)
-    _write_synced(part / manifest.MANIFEST_NAME, written.model_dump_json())
+
+    def mine(name: str) -> bool:
+        return not _NODE.match(name.split("/", 1)[0]) and owner(name, where.ranks_per_node) == where.node
+
+    written = manifest.compute(checkpoint, only=mine)
+    manifest.write_json_atomic(part / manifest.MANIFEST_NAME, written.model_dump(mode="json"))
     _write_synced(part / COMMIT_MARKER, f"{written.digest} {where.node} {where.nodes}\n")
     return written
 
@@ -132,10 +122,8 @@ def _nodes_committed(checkpoint: Path, *, verify: bool, full: bool) -> bool:
         return True
     for node, (digest, _) in marks.items():
         try:
-            listed = manifest.Manifest.model_validate_json(
-                (checkpoint / f"node-{node}" / manifest.MANIFEST_NAME).read_text()
-            )
-        except (OSError, ValueError):
+            listed = manifest.read(checkpoint / f"node-{node}")
+        except ManifestError:
             return False
         if listed.digest != digest:
             return False
